@@ -1,0 +1,46 @@
+"""The reconstructor interface: how frames and fragments turn into map updates.
+
+A reconstructor owns no map; it is given the map at construction and updates it. The pipeline
+calls :meth:`Reconstructor.on_frame` for every posed frame (keyframe or not) and
+:meth:`Reconstructor.on_fragment` for every closed fragment. Depth fusion works per frame;
+NeuralRecon works per fragment.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .types import Fragment, Frame
+
+
+@dataclass
+class MapUpdate:
+    """What one reconstructor call changed: block coordinates (int64 (K, 3)) it wrote to."""
+
+    touched_blocks: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))
+    frames_integrated: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self.touched_blocks) == 0
+
+
+class Reconstructor(ABC):
+    """Turns posed frames into TSDF map updates."""
+
+    #: short name used in logs, summaries and the ``mode`` parameter
+    name: str = "abstract"
+
+    def on_frame(self, frame: Frame, is_keyframe: bool) -> MapUpdate | None:
+        """Called for every frame with a valid pose. Default: nothing to do per frame."""
+        return None
+
+    @abstractmethod
+    def on_fragment(self, fragment: Fragment) -> MapUpdate | None:
+        """Called when a fragment of keyframes closes."""
+
+    def reset(self) -> None:
+        """Forget any internal state (e.g. recurrent memory); the map is reset by its owner."""
