@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .config import ParameterError, param
 from .types import Fragment, Frame
 
 
@@ -42,5 +43,31 @@ class Reconstructor(ABC):
     def on_fragment(self, fragment: Fragment) -> MapUpdate | None:
         """Called when a fragment of keyframes closes."""
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027 - optional hook, stateless reconstructors keep the default
         """Forget any internal state (e.g. recurrent memory); the map is reset by its owner."""
+
+
+@dataclass
+class ReconstructionConfig:
+    mode: str = param(
+        "depth",
+        "Reconstructor: 'neuralrecon' (monocular network, needs a checkpoint) or 'depth' "
+        "(projective TSDF fusion of a depth image: RGB-D cameras, ground truth, reference).",
+        choices=("depth", "neuralrecon"),
+        read_only=True,
+    )
+    device: str = param(
+        "cpu", "Torch device for the map and the network; 'auto' picks cuda when available.",
+        choices=("cpu", "cuda", "auto"), read_only=True,
+    )
+
+
+def resolve_device(name: str) -> str:
+    """Turn the ``device`` parameter into a torch device string, failing clearly without CUDA."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ParameterError("parameter 'device': 'cuda' was requested but torch sees no CUDA device; use device:=cpu")
+    return name

@@ -27,6 +27,14 @@ class StageTimer:
     def add(self, name: str, milliseconds: float) -> None:
         self._samples[name].append(float(milliseconds))
 
+    def discard_last(self, name: str) -> None:
+        """Drop the latest sample of a stage (the timed call turned out to do nothing)."""
+        samples = self._samples.get(name)
+        if samples:
+            samples.pop()
+            if not samples:
+                del self._samples[name]
+
     def last(self, name: str) -> float | None:
         samples = self._samples.get(name)
         return samples[-1] if samples else None

@@ -1,0 +1,119 @@
+"""The product's single parameter set: every component config, flattened under public names.
+
+The same names serve the ROS node (declared with descriptors), ``config/neuralrecon.yaml``
+(``neuralrecon_node: ros__parameters: ...``) and the CLI (``--config FILE -p name:=value``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..core.config import ParameterError, ParamSpec, coerce_value, config_fields, default_of, param, spec_of
+from ..core.keyframes import KeyframeConfig
+from ..core.mapping.config import DepthFusionConfig, MapConfig
+from ..core.network.config import NeuralReconConfig
+from ..core.reconstructor import ReconstructionConfig
+
+NODE_NAME = "neuralrecon_node"
+
+
+@dataclass
+class InputConfig:
+    image_topic: str = param("/camera/color/image_raw", "sensor_msgs/Image colour stream (rgb8, bgr8, ...).")
+    camera_info_topic: str = param("/camera/color/camera_info", "sensor_msgs/CameraInfo of the colour stream.")
+    depth_topic: str = param(
+        "/camera/aligned_depth_to_color/image_raw",
+        "Depth image registered to the colour image (32FC1 metres or 16UC1 millimetres); used in depth mode.",
+    )
+    global_frame: str = param("odom", "Fixed frame the map is built in; camera poses are looked up in it.")
+    pose_source: str = param(
+        "tf", "Where camera poses come from: 'tf' (global_frame <- image frame) or 'odometry' "
+        "(odometry_topic + static camera extrinsic from TF).", choices=("tf", "odometry"),
+    )
+    odometry_topic: str = param("/odom", "nav_msgs/Odometry topic used when pose_source is 'odometry'.")
+    max_wait_for_pose_s: float = param(
+        0.5, "A frame waits at most this long (message time) for its pose before it is dropped.",
+        minimum=0.0, maximum=60.0, unit="s",
+    )
+    maximum_input_queue_length: int = param(
+        30, "Frames waiting for their pose beyond this many are dropped (oldest first).", minimum=1, maximum=10000
+    )
+    approximate_sync_tolerance_s: float = param(
+        0.0, "Pair image, camera_info and depth whose stamps differ by at most this (0 = exact stamps).",
+        minimum=0.0, maximum=1.0, unit="s",
+    )
+
+
+#: every component config that contributes public parameters, in the order the YAML lists them
+PARAMETER_GROUPS: tuple[type, ...] = (
+    InputConfig,
+    ReconstructionConfig,
+    KeyframeConfig,
+    MapConfig,
+    DepthFusionConfig,
+    NeuralReconConfig,
+)
+
+
+@dataclass(frozen=True)
+class ParameterInfo:
+    name: str
+    default: Any
+    spec: ParamSpec
+    group: type
+
+
+def parameter_infos() -> dict[str, ParameterInfo]:
+    """All public parameters by name, checking that no two components claim the same name."""
+    infos: dict[str, ParameterInfo] = {}
+    for group in PARAMETER_GROUPS:
+        for f in config_fields(group):
+            if f.name in infos:
+                owner = infos[f.name].group.__name__
+                raise RuntimeError(f"parameter {f.name!r} is declared by both {owner} and {group.__name__}")
+            infos[f.name] = ParameterInfo(f.name, default_of(f), spec_of(f), group)
+    return infos
+
+
+class NodeParameters:
+    """Validated values of every public parameter; attribute access by name (``params.voxel_size``)."""
+
+    def __init__(self, values: dict[str, Any] | None = None) -> None:
+        infos = parameter_infos()
+        self._values = {name: info.default for name, info in infos.items()}
+        self.update(values or {})
+
+    def update(self, values: dict[str, Any]) -> None:
+        """Set several parameters at once; nothing changes if any name or value is rejected."""
+        infos = parameter_infos()
+        checked = {}
+        for name, value in values.items():
+            if name not in infos:
+                raise ParameterError(_unknown_message(name, infos))
+            info = infos[name]
+            checked[name] = coerce_value(name, value, info.default, info.spec)
+        self._values.update(checked)
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values")
+        if values is None or name not in values:
+            raise AttributeError(name)
+        return values[name]
+
+    def group(self, config_type: type) -> Any:
+        """The component config dataclass filled with the current values."""
+        names = [f.name for f in dataclasses.fields(config_type) if f.name in self._values]
+        return config_type(**{name: self._values[name] for name in names})
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+def _unknown_message(name: str, infos: dict[str, ParameterInfo]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(infos), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown parameter '{name}'{hint} (see config/neuralrecon.yaml for the full list)"
