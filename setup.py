@@ -42,6 +42,7 @@ setup(
     entry_points={
         "console_scripts": [
             "neuralrecon-ros = neuralrecon_ros.cli:main",
+            "neuralrecon_node = neuralrecon_ros.ros.node:main",
         ],
     },
 )

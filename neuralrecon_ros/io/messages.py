@@ -222,9 +222,8 @@ def decode_image(msg: Any) -> np.ndarray:
         return pixels[:, :, 0].astype(np.float32) * np.float32(1e-3)
     if encoding == "mono8":
         return np.repeat(pixels, 3, axis=2)
-    if encoding.startswith("bgr"):
-        return np.ascontiguousarray(pixels[:, :, 2::-1])
-    return np.ascontiguousarray(pixels[:, :, :3])
+    colour = pixels[:, :, 2::-1] if encoding.startswith("bgr") else pixels[:, :, :3]
+    return np.array(colour, dtype=np.uint8, order="C")  # always a copy
 
 
 def encode_image(

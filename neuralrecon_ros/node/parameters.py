@@ -13,6 +13,7 @@ from typing import Any
 from ..core.config import ParameterError, ParamSpec, coerce_value, config_fields, default_of, param, spec_of
 from ..core.keyframes import KeyframeConfig
 from ..core.mapping.config import DepthFusionConfig, MapConfig
+from ..core.mapping.products import ProductsConfig
 from ..core.network.config import NeuralReconConfig
 from ..core.reconstructor import ReconstructionConfig
 
@@ -44,6 +45,17 @@ class InputConfig:
         0.0, "Pair image, camera_info and depth whose stamps differ by at most this (0 = exact stamps).",
         minimum=0.0, maximum=1.0, unit="s",
     )
+    input_qos: str = param(
+        "SENSOR_DATA", "QoS of the image, camera_info, depth and odometry subscriptions: 'SENSOR_DATA' "
+        "(best effort, depth 5: receives from reliable and best-effort publishers) or 'SYSTEM_DEFAULT' "
+        "(the middleware's defaults: reliable with the usual DDS vendors, so it gets nothing from a "
+        "best-effort camera driver).", choices=("SENSOR_DATA", "SYSTEM_DEFAULT"), read_only=True,
+    )
+    image_transport: str = param(
+        "raw", "'raw': sensor_msgs/Image on image_topic; 'compressed': sensor_msgs/CompressedImage "
+        "(jpeg/png) on image_topic + '/compressed', as image_transport names it.",
+        choices=("raw", "compressed"), read_only=True,
+    )
 
 
 #: every component config that contributes public parameters, in the order the YAML lists them
@@ -54,6 +66,7 @@ PARAMETER_GROUPS: tuple[type, ...] = (
     MapConfig,
     DepthFusionConfig,
     NeuralReconConfig,
+    ProductsConfig,
 )
 
 

@@ -27,3 +27,18 @@ class DepthFusionConfig:
         100.0, "Cap on the running-average weight of a voxel (lets the map adapt).", minimum=1.0)
     integrate_all_frames: bool = param(
         True, "Depth mode: integrate every frame that has depth, not only keyframes.")
+    integrate_color: bool = param(
+        True, "Depth mode: fuse the image colours into the map (mesh vertex colours).")
+
+
+@dataclass
+class MeshingConfig:
+    mesh_color_mode: str = param(
+        "auto", "Mesh vertex colours: 'image' (fused RGB), 'height' (colour map of z), 'none', or 'auto' "
+        "(image colours when the map has them, else height).", choices=("auto", "image", "height", "none"))
+    mesh_height_min_m: float = param(0.0, "Height (map z) shown with the first colour of the height map.",
+                                     unit="m")
+    mesh_height_max_m: float = param(3.0, "Height (map z) shown with the last colour of the height map.",
+                                     unit="m")
+    mesh_min_weight: float = param(
+        0.0, "Voxels with weight at or below this count as unobserved when meshing.", minimum=0.0)

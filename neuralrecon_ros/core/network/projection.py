@@ -28,7 +28,6 @@ IMAGE_SIZE_WH = (640, 480)
 FRUSTUM_MAX_DEPTH = 3.0
 VOLUME_Z_CENTER = -0.2
 PLACEMENT_MULTIPLE = 2**N_LEVELS  # volume origins are multiples of 8 finest voxels
-MIDDLE_VIEW = 9 // 2
 
 
 class GeometryError(ValueError):
@@ -113,11 +112,13 @@ def _axis_angle_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
 def gravity_alignment_rotation(cam_to_world: torch.Tensor) -> np.ndarray:
     """Rotation (float64 3x3) turning world +z, seen from the camera, onto the camera's -y axis.
 
-    Upstream takes world up in camera coordinates from a float32 inverse of the pose, then rotates
+    Upstream takes world up in camera coordinates from a float32 numpy (LAPACK gesv) inverse of the
+    pose, then rotates
     about ``up_cam x (0, -1, 0)`` by ``arccos(-up_cam_y / |up_cam|)``. Upstream yields NaN for a camera
     whose -y axis already points exactly up (identity here) and an upside-down one (a half turn about x).
     """
-    up_cam = torch.linalg.inv(cam_to_world)[:3, 2].double().numpy()
+    # numpy's float32 inverse, not torch's: its last bits differ and they reach the aligned frame
+    up_cam = np.linalg.inv(cam_to_world.numpy())[:3, 2].astype(np.float64)
     down = np.array([0.0, -1.0, 0.0])
     axis = np.cross(up_cam, down)
     axis_norm = np.linalg.norm(axis)

@@ -8,7 +8,11 @@ class SparseError(ValueError):
 
 
 class CoordinateError(SparseError):
-    """Coordinates or features have the wrong dtype, shape, device, range or are duplicated."""
+    """Coordinates have the wrong dtype, shape, device or range, are duplicated or off the stride lattice."""
+
+
+class FeatureError(SparseError):
+    """Features have the wrong dtype, shape, device or number of channels."""
 
 
 class KernelMapError(SparseError):

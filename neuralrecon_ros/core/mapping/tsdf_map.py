@@ -1,0 +1,526 @@
+"""The global sparse TSDF map: voxel blocks allocated on demand, stored as dense torch tensors.
+
+Geometry (NeuralRecon's convention): global voxel index ``v`` (int64 (3,)) sits at map-frame position
+``v * voxel_size`` (grid points, no half-voxel offset); block ``b`` holds voxels ``b * B .. b * B + B - 1``
+per axis (``B = block_size``). The map frame's origin is voxel 0.
+
+Storage (slot ``s`` = row of every tensor; rows ``0 .. num_blocks - 1`` are live, the rest is spare
+capacity):
+
+- ``_keys`` int64 (capacity,): packed block coordinate of each slot (:mod:`.keys`).
+- ``_tsdf`` float32 (capacity, B, B, B): signed distance / truncation, in [-1, 1]; indexed [slot, x, y, z].
+- ``_weight`` float32 (capacity, B, B, B): 0 = never observed (the TSDF value is then 1 = empty).
+- ``_color`` uint8 (capacity, B, B, B, 3) RGB, allocated the first time colour is integrated.
+
+Block lookup is a sorted key table (``_sorted_keys`` + matching ``_sorted_slots``) searched with
+``torch.searchsorted``: one vectorised call for any number of queries, identical on CPU and CUDA, and
+allocation of new blocks is a bulk append plus one re-sort. We chose it over a torch linear-probing hash
+because it has no load-factor tuning or collision loops and its cost (O(log M) per query, an
+O(M log M) sort only when blocks are added) is small next to the per-voxel work of integration.
+
+The class is not thread-safe; one owner (the pipeline) calls it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..geometry import check_rigid
+from ..reconstructor import MapUpdate
+from ..types import CameraIntrinsics
+from .allocation import band_blocks
+from .config import MapConfig
+from .keys import check_block_range, pack_keys, unpack_keys
+
+
+class MapInputError(ValueError):
+    """An argument given to the map (depth image, colour, voxel arrays, state) is malformed."""
+
+
+class TSDFMap:
+    """Sparse block-hashed TSDF volume with projective depth integration and direct voxel access."""
+
+    def __init__(self, config: MapConfig | None = None, device: str | torch.device = "cpu") -> None:
+        self.config = config if config is not None else MapConfig()
+        if not self.config.voxel_size > 0 or not math.isfinite(self.config.voxel_size):
+            raise MapInputError(f"voxel_size must be a positive number, got {self.config.voxel_size!r}")
+        if int(self.config.block_size) != self.config.block_size or self.config.block_size < 2:
+            raise MapInputError(f"block_size must be an integer >= 2, got {self.config.block_size!r}")
+        if not self.config.truncation_distance_vox >= 1.0:
+            raise MapInputError(
+                f"truncation_distance_vox must be >= 1, got {self.config.truncation_distance_vox!r}")
+        self.device = torch.device(device)
+        self.voxel_size = float(self.config.voxel_size)
+        self.block_size = int(self.config.block_size)
+        self.truncation_m = float(self.config.truncation_distance_vox) * self.voxel_size
+        B = self.block_size
+        grid = torch.meshgrid(*(torch.arange(B, device=self.device),) * 3, indexing="ij")
+        #: (B^3, 3) local voxel offsets in storage order (x slowest, z fastest)
+        self._local = torch.stack([g.reshape(-1) for g in grid], dim=1)
+        self.reset()
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def reset(self) -> None:
+        """Drop every block and release the storage."""
+        B, dev = self.block_size, self.device
+        self._num = 0
+        self._keys = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._tsdf = torch.ones((0, B, B, B), dtype=torch.float32, device=dev)
+        self._weight = torch.zeros((0, B, B, B), dtype=torch.float32, device=dev)
+        self._color: torch.Tensor | None = None
+        self._sorted_keys = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._sorted_slots = torch.zeros(0, dtype=torch.int64, device=dev)
+
+    @property
+    def num_blocks(self) -> int:
+        return self._num
+
+    @property
+    def has_color(self) -> bool:
+        return self._color is not None
+
+    @property
+    def capacity(self) -> int:
+        return int(self._keys.shape[0])
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the map's tensors (including spare capacity)."""
+        tensors = [self._keys, self._tsdf, self._weight, self._sorted_keys, self._sorted_slots]
+        if self._color is not None:
+            tensors.append(self._color)
+        return int(sum(t.numel() * t.element_size() for t in tensors))
+
+    def block_coords(self) -> np.ndarray:
+        """int64 (M, 3) coordinates of the allocated blocks, in slot order."""
+        return self.block_coords_tensor().cpu().numpy()
+
+    def block_coords_tensor(self) -> torch.Tensor:
+        """int64 (M, 3) coordinates of the allocated blocks on the map's device, in slot order."""
+        return unpack_keys(self._keys[: self._num])
+
+    @property
+    def blocks_tsdf(self) -> torch.Tensor:
+        """Live view (M, B, B, B) of the normalised TSDF of the allocated blocks, in slot order."""
+        return self._tsdf[: self._num]
+
+    @property
+    def blocks_weight(self) -> torch.Tensor:
+        """Live view (M, B, B, B) of the integration weights, in slot order."""
+        return self._weight[: self._num]
+
+    @property
+    def blocks_color(self) -> torch.Tensor | None:
+        """Live view (M, B, B, B, 3) uint8 of the voxel colours, or None when no colour was integrated."""
+        return None if self._color is None else self._color[: self._num]
+
+    def lookup_blocks(self, block_coords: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Slots (int64 (N,), on the map's device) of the given block coordinates; -1 where unallocated."""
+        coords = self._as_coords(block_coords, "block_coords")
+        if len(coords) == 0 or self._num == 0:
+            return torch.full((len(coords),), -1, dtype=torch.int64, device=self.device)
+        check_block_range(coords)
+        return self._lookup_keys(pack_keys(coords))
+
+    # ------------------------------------------------------------------ depth integration
+
+    @torch.no_grad()
+    def integrate_depth(
+        self,
+        depth: np.ndarray | torch.Tensor,
+        intrinsics: CameraIntrinsics,
+        T_map_camera: np.ndarray,
+        color: np.ndarray | torch.Tensor | None = None,
+        max_depth_m: float = 5.0,
+        min_depth_m: float = 0.1,
+        max_weight: float = 100.0,
+    ) -> MapUpdate:
+        """Fuse one depth image (float32 metres (H, W), 0/NaN invalid) by projective TSDF integration.
+
+        Blocks covering the truncation band ``depth ± truncation`` of every valid pixel are allocated
+        (conservatively, see :mod:`.allocation`);
+        every voxel of those blocks is projected into the image (nearest pixel, pixel centres at integer
+        coordinates) and, where ``sdf = depth(pixel) - z_voxel >= -truncation``, its TSDF
+        ``clamp(sdf / truncation, -1, 1)`` joins a running average with weight 1 per observation; the
+        weight is capped at ``max_weight`` so old observations fade. Colour (RGB uint8 (H, W, 3)) is
+        averaged alongside. Returns the blocks that received at least one observation.
+        """
+        depth_t = self._depth_tensor(depth, intrinsics)
+        color_t = None if color is None else self._color_tensor(color, depth_t.shape)
+        T = check_rigid(T_map_camera, "T_map_camera")
+        if not 0.0 <= min_depth_m < max_depth_m:
+            raise MapInputError(f"need 0 <= min_depth_m < max_depth_m, got {min_depth_m} and {max_depth_m}")
+        if not max_weight >= 1.0:
+            raise MapInputError(f"max_weight must be >= 1, got {max_weight}")
+        R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=self.device)
+        t = torch.as_tensor(T[:3, 3], dtype=torch.float32, device=self.device)
+
+        valid = (depth_t >= min_depth_m) & (depth_t <= max_depth_m)  # NaN compares False
+        depth_t = torch.where(valid, depth_t, torch.zeros((), device=self.device))
+        block_coords = band_blocks(
+            depth_t, valid, intrinsics, R, t, self.truncation_m, self.voxel_size * self.block_size)
+        if len(block_coords) == 0:
+            return MapUpdate(frames_integrated=1)
+        check_block_range(block_coords)
+        first_new = self._num
+        slots = self._allocate_keys(pack_keys(block_coords))
+        if color_t is not None and self._color is None:
+            self._color = torch.zeros((*self._tsdf.shape, 3), dtype=torch.uint8, device=self.device)
+        observed = self._fuse(slots, block_coords, depth_t, color_t, intrinsics, R, t, float(max_weight))
+        new = slots >= first_new
+        if bool((new & ~observed).any()):  # the band's bounding boxes over-cover a little: free those blocks
+            self._truncate_new_blocks(first_new, torch.sort(slots[new & observed]).values)
+        return MapUpdate(block_coords[observed].cpu().numpy(), frames_integrated=1)
+
+    def _fuse(
+        self,
+        slots: torch.Tensor,
+        block_coords: torch.Tensor,
+        depth: torch.Tensor,
+        color: torch.Tensor | None,
+        intrinsics: CameraIntrinsics,
+        R: torch.Tensor,
+        t: torch.Tensor,
+        max_weight: float,
+    ) -> torch.Tensor:
+        """Projective update of every voxel of ``slots``; returns bool (K,) 'block got an observation'."""
+        B, vs, trunc = self.block_size, self.voxel_size, self.truncation_m
+        H, W = intrinsics.height, intrinsics.width
+        # camera coordinates R^T (p - t) as block origin + local offset: no (K*B^3, 3) matmul
+        origin_cam = (block_coords.to(torch.float64) * (B * vs) - t.double()).to(torch.float32) @ R
+        local_cam = (self._local.to(torch.float32) * vs) @ R
+        p = origin_cam[:, None, :] + local_cam[None, :, :]  # (K, B^3, 3)
+        z = p[..., 2]
+        in_front = z > 1e-6
+        z_safe = torch.where(in_front, z, torch.ones((), device=self.device))
+        u = torch.floor(p[..., 0] / z_safe * intrinsics.fx + (intrinsics.cx + 0.5)).clamp_(-1, W)
+        v = torch.floor(p[..., 1] / z_safe * intrinsics.fy + (intrinsics.cy + 0.5)).clamp_(-1, H)
+        inside = in_front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        pixel = (v.clamp(0, H - 1) * W + u.clamp(0, W - 1)).to(torch.int64)
+        d = depth.reshape(-1)[pixel]
+        sdf = d - z
+        update = inside & (d > 0) & (sdf >= -trunc)
+        observation = (sdf / trunc).clamp_(max=1.0)
+
+        K = len(slots)
+        weight = self._weight[slots].reshape(K, -1)
+        tsdf = self._tsdf[slots].reshape(K, -1)
+        new_weight = weight + 1.0
+        self._tsdf[slots] = torch.where(update, (tsdf * weight + observation) / new_weight, tsdf).reshape(
+            K, B, B, B)
+        new_weight = torch.where(update, new_weight.clamp_(max=max_weight), weight)
+        self._weight[slots] = new_weight.reshape(K, B, B, B)
+        if color is not None:
+            assert self._color is not None
+            old = self._color[slots].reshape(K, -1, 3).to(torch.float32)
+            seen = color.reshape(-1, 3)[pixel].to(torch.float32)
+            mixed = (old * weight[..., None] + seen) / (weight[..., None] + 1.0)
+            self._color[slots] = torch.where(update[..., None], mixed.round_(), old).to(torch.uint8).reshape(
+                K, B, B, B, 3)
+        return update.any(dim=1)
+
+    # ------------------------------------------------------------------ direct voxel access
+
+    @torch.no_grad()
+    def set_voxels(
+        self,
+        coords: np.ndarray | torch.Tensor,
+        tsdf: np.ndarray | torch.Tensor,
+        weight: np.ndarray | torch.Tensor | None = None,
+    ) -> MapUpdate:
+        """Write TSDF values (normalised; clamped to [-1, 1]) at global voxel indices, allocating blocks.
+
+        ``weight`` defaults to 1 (observed). If a coordinate appears twice, which value wins is unspecified.
+        """
+        coords_t = self._as_coords(coords, "coords")
+        tsdf_t = self._as_values(tsdf, len(coords_t), "tsdf")
+        weight_t = (
+            torch.ones_like(tsdf_t) if weight is None else self._as_values(weight, len(coords_t), "weight"))
+        if len(coords_t) == 0:
+            return MapUpdate()
+        if bool((weight_t < 0).any()):
+            raise MapInputError("weight must be >= 0")
+        blocks, flat = self._split_coords(coords_t)
+        keys, inverse = torch.unique(pack_keys(blocks), return_inverse=True)
+        slots = self._allocate_keys(keys)
+        index = slots[inverse] * self.block_size**3 + flat
+        self._tsdf.view(-1)[index] = tsdf_t.clamp(-1.0, 1.0)
+        self._weight.view(-1)[index] = weight_t
+        return MapUpdate(unpack_keys(keys).cpu().numpy())
+
+    @torch.no_grad()
+    def get_voxels(
+        self, coords: np.ndarray | torch.Tensor, as_tensor: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[torch.Tensor, torch.Tensor]:
+        """(tsdf float32 (N,), weight float32 (N,)) at global voxel indices; unallocated -> (1, 0)."""
+        coords_t = self._as_coords(coords, "coords")
+        tsdf = torch.ones(len(coords_t), dtype=torch.float32, device=self.device)
+        weight = torch.zeros(len(coords_t), dtype=torch.float32, device=self.device)
+        if len(coords_t) and self._num:
+            blocks, flat = self._split_coords(coords_t)
+            slots = self._lookup_keys(pack_keys(blocks))
+            hit = slots >= 0
+            index = slots[hit] * self.block_size**3 + flat[hit]
+            tsdf[hit] = self._tsdf.view(-1)[index]
+            weight[hit] = self._weight.view(-1)[index]
+        if as_tensor:
+            return tsdf, weight
+        return tsdf.cpu().numpy(), weight.cpu().numpy()
+
+    @torch.no_grad()
+    def clear_voxels_in_box(
+        self, min_coord: np.ndarray | list[int], max_coord: np.ndarray | list[int]
+    ) -> MapUpdate:
+        """Mark every voxel in the inclusive voxel-index box unobserved (weight 0, TSDF 1, colour 0).
+
+        Blocks stay allocated (see :meth:`remove_empty_blocks`). Returns the allocated blocks overlapping
+        the box.
+        """
+        lo = torch.as_tensor(np.asarray(min_coord, dtype=np.int64).reshape(-1), device=self.device)
+        hi = torch.as_tensor(np.asarray(max_coord, dtype=np.int64).reshape(-1), device=self.device)
+        if lo.shape != (3,) or hi.shape != (3,):
+            raise MapInputError(f"box corners must be 3 integers each, got {min_coord!r} and {max_coord!r}")
+        if bool((lo > hi).any()):
+            raise MapInputError(f"box min {lo.tolist()} exceeds box max {hi.tolist()} on some axis")
+        if self._num == 0:
+            return MapUpdate()
+        B = self.block_size
+        coords = self.block_coords_tensor()
+        overlap = ((coords * B + B - 1 >= lo) & (coords * B <= hi)).all(dim=1)
+        slots = overlap.nonzero().squeeze(1)
+        if len(slots) == 0:
+            return MapUpdate()
+        voxels = coords[slots][:, None, :] * B + self._local[None]  # (K, B^3, 3)
+        inside = ((voxels >= lo) & (voxels <= hi)).all(dim=2).reshape(len(slots), B, B, B)
+        self._tsdf[slots] = torch.where(inside, torch.ones((), device=self.device), self._tsdf[slots])
+        self._weight[slots] = torch.where(inside, torch.zeros((), device=self.device), self._weight[slots])
+        if self._color is not None:
+            self._color[slots] = torch.where(
+                inside[..., None], torch.zeros((), dtype=torch.uint8, device=self.device), self._color[slots])
+        return MapUpdate(coords[slots].cpu().numpy())
+
+    @torch.no_grad()
+    def voxels(
+        self, min_weight: float = 0.0, as_tensor: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Voxels with weight > ``min_weight``: (coords int64 (N, 3), tsdf float32 (N,), weight float32 (N,)).
+
+        numpy arrays, or tensors on the map's device with ``as_tensor``.
+        """
+        weight = self._weight[: self._num].reshape(self._num, self.block_size**3)
+        slot, local = (weight > min_weight).nonzero(as_tuple=True)
+        coords = self.block_coords_tensor()[slot] * self.block_size + self._local[local]
+        tsdf = self._tsdf[: self._num].reshape(self._num, self.block_size**3)[slot, local]
+        result = (coords, tsdf, weight[slot, local])
+        if as_tensor:
+            return result
+        return tuple(x.cpu().numpy() for x in result)  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ block removal
+
+    @torch.no_grad()
+    def remove_blocks(self, block_coords: np.ndarray | torch.Tensor) -> MapUpdate:
+        """Free the given blocks (unallocated ones are ignored); returns the blocks actually removed."""
+        slots = self.lookup_blocks(block_coords)
+        slots = torch.unique(slots[slots >= 0])
+        if len(slots) == 0:
+            return MapUpdate()
+        removed = unpack_keys(self._keys[slots])
+        keep = torch.ones(self._num, dtype=torch.bool, device=self.device)
+        keep[slots] = False
+        self._compact(keep.nonzero().squeeze(1))
+        return MapUpdate(removed.cpu().numpy())
+
+    @torch.no_grad()
+    def remove_empty_blocks(self) -> MapUpdate:
+        """Free blocks in which no voxel is observed (weight 0 everywhere); returns them."""
+        empty = (self._weight[: self._num].reshape(self._num, self.block_size**3) <= 0).all(dim=1)
+        return self.remove_blocks(self.block_coords_tensor()[empty])
+
+    def _truncate_new_blocks(self, first_new: int, keep_slots: torch.Tensor) -> None:
+        """Keep only ``keep_slots`` (ascending, all >= ``first_new``) of the blocks allocated last."""
+        kept = torch.cat([torch.arange(first_new, device=self.device), keep_slots])
+        self._compact(kept, copy_from=first_new)
+
+    def _compact(self, keep_slots: torch.Tensor, copy_from: int = 0) -> None:
+        """Keep only ``keep_slots`` (ascending), packed into slots 0..len-1.
+
+        Slots below ``copy_from`` must be kept in place (``keep_slots[:copy_from]`` = 0..copy_from-1);
+        only the rest is moved.
+        """
+        n = len(keep_slots)
+        moved = keep_slots[copy_from:]
+        self._keys[copy_from:n] = self._keys[moved]
+        self._tsdf[copy_from:n] = self._tsdf[moved]
+        self._weight[copy_from:n] = self._weight[moved]
+        if self._color is not None:
+            self._color[copy_from:n] = self._color[moved]
+        self._num = n
+        self._rebuild_index()
+
+    # ------------------------------------------------------------------ raw state
+
+    def state_dict(self) -> dict[str, Any]:
+        """The map as plain values and CPU tensors (copies), for map files.
+
+        Keys: ``voxel_size`` (float), ``block_size`` (int), ``truncation_distance_vox`` (float),
+        ``block_coords`` int64 (M, 3), ``tsdf`` float32 (M, B, B, B), ``weight`` float32 (M, B, B, B),
+        ``color`` uint8 (M, B, B, B, 3) or None. Row i of the tensors belongs to block ``block_coords[i]``.
+        """
+        color = self.blocks_color
+        return {
+            "voxel_size": self.voxel_size,
+            "block_size": self.block_size,
+            "truncation_distance_vox": float(self.config.truncation_distance_vox),
+            "block_coords": self.block_coords_tensor().cpu().clone(),
+            "tsdf": self.blocks_tsdf.cpu().clone(),
+            "weight": self.blocks_weight.cpu().clone(),
+            "color": None if color is None else color.cpu().clone(),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: str | torch.device = "cpu") -> TSDFMap:
+        """A new map with the geometry and contents of ``state`` (from :meth:`state_dict`)."""
+        config = MapConfig(
+            voxel_size=float(state["voxel_size"]),
+            block_size=int(state["block_size"]),
+            truncation_distance_vox=float(state["truncation_distance_vox"]),
+        )
+        tsdf_map = cls(config, device=device)
+        tsdf_map.load_state_dict(state)
+        return tsdf_map
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the contents with ``state``; its geometry must equal this map's."""
+        missing = {"voxel_size", "block_size", "block_coords", "tsdf", "weight"} - set(state)
+        if missing:
+            raise MapInputError(f"map state lacks {sorted(missing)}")
+        if int(state["block_size"]) != self.block_size or not math.isclose(
+                float(state["voxel_size"]), self.voxel_size, rel_tol=1e-9):
+            raise MapInputError(
+                f"map state has voxel_size {state['voxel_size']} / block_size {state['block_size']}, "
+                f"this map "
+                f"{self.voxel_size} / {self.block_size}; build the map with TSDFMap.from_state_dict")
+        B = self.block_size
+        coords = torch.as_tensor(state["block_coords"], dtype=torch.int64).to(self.device)
+        M = len(coords)
+        if coords.shape != (M, 3):
+            raise MapInputError(f"block_coords must be (M, 3), got {tuple(coords.shape)}")
+        expected = {"tsdf": (M, B, B, B), "weight": (M, B, B, B), "color": (M, B, B, B, 3)}
+        for name, shape in expected.items():
+            value = state.get(name)
+            if value is not None and tuple(value.shape) != shape:
+                raise MapInputError(f"map state '{name}' has shape {tuple(value.shape)}, expected {shape}")
+        check_block_range(coords)
+        keys = pack_keys(coords)
+        if len(torch.unique(keys)) != M:
+            raise MapInputError("map state lists a block coordinate more than once")
+        self.reset()
+        self._keys = keys.clone()
+        self._tsdf = torch.as_tensor(state["tsdf"], dtype=torch.float32).to(self.device).clone()
+        self._weight = torch.as_tensor(state["weight"], dtype=torch.float32).to(self.device).clone()
+        if state.get("color") is not None:
+            self._color = torch.as_tensor(state["color"], dtype=torch.uint8).to(self.device).clone()
+        self._num = M
+        self._rebuild_index()
+
+    # ------------------------------------------------------------------ internals
+
+    def _lookup_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        if self._num == 0:
+            return torch.full_like(keys, -1)
+        pos = torch.searchsorted(self._sorted_keys, keys).clamp_(max=self._num - 1)
+        found = self._sorted_keys[pos] == keys
+        return torch.where(found, self._sorted_slots[pos], torch.full_like(keys, -1))
+
+    def _allocate_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Slots of the unique ``keys``, allocating (TSDF 1, weight 0) those not yet present."""
+        slots = self._lookup_keys(keys)
+        missing = slots < 0
+        new_keys = keys[missing]
+        n = len(new_keys)
+        if n == 0:
+            return slots
+        start = self._num
+        self._reserve(start + n)
+        new_slots = torch.arange(start, start + n, device=self.device)
+        self._keys[start:start + n] = new_keys
+        self._tsdf[start:start + n] = 1.0
+        self._weight[start:start + n] = 0.0
+        if self._color is not None:
+            self._color[start:start + n] = 0
+        self._num = start + n
+        slots[missing] = new_slots
+        merged = torch.cat([self._sorted_keys, new_keys])
+        order = torch.argsort(merged)
+        self._sorted_keys = merged[order]
+        self._sorted_slots = torch.cat([self._sorted_slots, new_slots])[order]
+        return slots
+
+    def _reserve(self, needed: int) -> None:
+        """Grow the storage (geometrically) to hold ``needed`` blocks."""
+        capacity = self.capacity
+        if needed <= capacity:
+            return
+        new_capacity = max(needed, 2 * capacity, 64)
+
+        def grow(old: torch.Tensor, fill: float) -> torch.Tensor:
+            new = torch.full((new_capacity, *old.shape[1:]), fill, dtype=old.dtype, device=self.device)
+            new[: self._num] = old[: self._num]
+            return new
+
+        self._keys = grow(self._keys, 0)
+        self._tsdf = grow(self._tsdf, 1.0)
+        self._weight = grow(self._weight, 0.0)
+        if self._color is not None:
+            self._color = grow(self._color, 0)
+
+    def _rebuild_index(self) -> None:
+        keys = self._keys[: self._num]
+        self._sorted_keys, order = torch.sort(keys)
+        self._sorted_slots = order.to(torch.int64)
+
+    def _split_coords(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global voxel indices -> (block coords (N, 3), flat index inside the block (N,))."""
+        B = self.block_size
+        blocks = torch.div(coords, B, rounding_mode="floor")
+        local = coords - blocks * B
+        check_block_range(blocks)
+        return blocks, (local[:, 0] * B + local[:, 1]) * B + local[:, 2]
+
+    def _as_coords(self, coords: np.ndarray | torch.Tensor, what: str) -> torch.Tensor:
+        coords_t = torch.as_tensor(coords).to(self.device)
+        if coords_t.ndim != 2 or coords_t.shape[1] != 3:
+            raise MapInputError(f"{what} must be an (N, 3) integer array, got shape {tuple(coords_t.shape)}")
+        if coords_t.dtype.is_floating_point or coords_t.dtype == torch.bool:
+            raise MapInputError(f"{what} must hold integer voxel/block indices, got dtype {coords_t.dtype}")
+        return coords_t.to(torch.int64)
+
+    def _as_values(self, values: np.ndarray | torch.Tensor, n: int, what: str) -> torch.Tensor:
+        values_t = torch.as_tensor(values).detach().to(device=self.device, dtype=torch.float32).reshape(-1)
+        if len(values_t) != n:
+            raise MapInputError(f"{what} has {len(values_t)} values for {n} coordinates")
+        if not bool(torch.isfinite(values_t).all()):
+            raise MapInputError(f"{what} contains NaN or infinite values")
+        return values_t
+
+    def _depth_tensor(self, depth: np.ndarray | torch.Tensor, intrinsics: CameraIntrinsics) -> torch.Tensor:
+        depth_t = torch.as_tensor(depth).detach().to(device=self.device, dtype=torch.float32)
+        if depth_t.shape != (intrinsics.height, intrinsics.width):
+            raise MapInputError(
+                f"depth image has shape {tuple(depth_t.shape)}, the intrinsics describe "
+                f"{intrinsics.height}x{intrinsics.width} (H x W)")
+        return depth_t
+
+    def _color_tensor(self, color: np.ndarray | torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        color_t = torch.as_tensor(color).to(self.device)
+        if color_t.shape != (*shape, 3) or color_t.dtype != torch.uint8:
+            raise MapInputError(
+                f"colour image must be uint8 of shape {(*shape, 3)} (RGB, same size as the depth image), "
+                f"got {color_t.dtype} {tuple(color_t.shape)}")
+        return color_t

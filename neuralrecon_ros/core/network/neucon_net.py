@@ -1,0 +1,108 @@
+"""The coarse-to-fine sparse network: back-projection, SPVCNN, GRU fusion, heads, pruning (facts §2.4)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..timing import StageTimer
+from .backproject import back_project
+from .gru_fusion import CHANNELS, GRUFusion
+from .projection import N_LEVELS, N_VOX, VOXEL_SIZE, FragmentGeometry, affine_f32, voxel_positions_f32
+from .sparse import PointTensor
+from .spvcnn import SPVCNN
+
+#: back-projected feature widths per level (coarse first): backbone channels + normalised depth
+BACKPROJECTED = (80 + 1, 40 + 1, 24 + 1)
+#: occupancy logit thresholds (upstream THRESHOLDS; a voxel survives when its logit is strictly greater)
+THRESHOLDS = (0.0, 0.0, 0.0)
+# child offsets of a voxel split, upstream order: none, +x, +y, +z, +xy, +xz, +yz, +xyz
+_CHILD_OFFSETS = ((0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1))
+
+
+def stage(timer: StageTimer | None, name: str) -> AbstractContextManager[Any]:
+    """A timing context for ``name`` when a timer is given (no-op otherwise)."""
+    return timer.stage(name) if timer is not None else nullcontext()
+
+
+def dense_grid(interval: int, device: torch.device) -> torch.Tensor:
+    """All coarse voxels of the fragment volume, (n^3, 3) int64 finest units, x slowest and z fastest."""
+    axis = torch.arange(0, N_VOX[0], interval, device=device)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij")).reshape(3, -1).t()
+
+
+def split_voxels(coords: torch.Tensor, feats: torch.Tensor, interval: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each voxel's 8 children (spacing ``interval``) in upstream order, each inheriting the parent's row."""
+    offsets = torch.tensor(_CHILD_OFFSETS, dtype=coords.dtype, device=coords.device) * interval
+    children = (coords[:, None, :] + offsets[None]).reshape(-1, 3)
+    return children, feats.repeat_interleave(len(_CHILD_OFFSETS), dim=0)
+
+
+@dataclass
+class Prediction:
+    coords: torch.Tensor  # (N, 3) int64 local finest-voxel coordinates of the surviving finest voxels
+    tsdf: torch.Tensor  # (N,) raw TSDF head output
+
+
+class NeuConNet(nn.Module):
+    """Three levels (0.16, 0.08, 0.04 m) of back-project -> SPVCNN -> GRU fusion -> heads -> prune."""
+
+    def __init__(self, reset_gate_quirk: bool = True) -> None:
+        super().__init__()
+        self.gru_fusion = GRUFusion(reset_gate_quirk)
+        in_channels = [BACKPROJECTED[0]] + [BACKPROJECTED[i] + CHANNELS[i - 1] + 2 for i in range(1, N_LEVELS)]
+        self.sp_convs = nn.ModuleList(
+            SPVCNN(in_channels[i], i, VOXEL_SIZE * 2 ** (N_LEVELS - 1 - i)) for i in range(N_LEVELS)
+        )
+        self.tsdf_preds = nn.ModuleList(nn.Linear(ch, 1) for ch in CHANNELS)
+        self.occ_preds = nn.ModuleList(nn.Linear(ch, 1) for ch in CHANNELS)
+
+    def forward(self, features: list[torch.Tensor], geometry: FragmentGeometry,
+                trace: dict[str, Any] | None = None, timer: StageTimer | None = None) -> Prediction | None:
+        """``features[s]`` (V, C_s, H_s, W_s) at stride 4 * 2**s. None when a level keeps no voxel
+        (upstream then leaves the global TSDF untouched; GRU states of the levels run are updated)."""
+        device = features[0].device
+        coords = feats = None
+        for level in range(N_LEVELS):
+            scale = N_LEVELS - 1 - level
+            interval = 2**scale
+            if level == 0:
+                coords = dense_grid(interval, device)
+            else:
+                coords, feats = split_voxels(coords, feats, interval)
+            with stage(timer, "backproject"):
+                projected = back_project(coords, geometry.vol_origin_partial, VOXEL_SIZE, features[scale],
+                                         geometry.proj_matrices[:, scale])
+            inputs = projected.features if feats is None else torch.cat([projected.features, feats], dim=1)
+            with stage(timer, f"sparse3d_level{level}"):
+                world = voxel_positions_f32(coords, VOXEL_SIZE, geometry.vol_origin_partial)
+                points = affine_f32(geometry.world_to_aligned_camera[:3], world)
+                point_coords = torch.cat([points, points.new_zeros((len(points), 1))], dim=1)
+                feats = self.sp_convs[level](PointTensor(inputs, point_coords))
+            with stage(timer, f"gru_level{level}"):
+                fused = self.gru_fusion(level, coords // interval, feats, geometry.vol_origin_voxels,
+                                        geometry.vol_origin_partial, geometry.world_to_aligned_camera)
+            fused_coords, feats = fused.coords * interval, fused.feats
+            tsdf = self.tsdf_preds[level](feats)[:, 0]
+            occ = self.occ_preds[level](feats)[:, 0]
+            keep = occ > THRESHOLDS[level]
+            if trace is not None:
+                trace[f"level{level}"] = {
+                    "candidate_coords": coords,  # (N, 3) finest units, fed to back-projection and SPVCNN
+                    "backproject_valid": projected.valid,  # (V, N)
+                    "spvcnn_points": points,  # (N, 3) float32 aligned frame
+                    "fused_coords": fused_coords,  # (U, 3) finest units, after GRU fusion (heads run here)
+                    "gru_points": fused.points,  # (U, 3)
+                    "tsdf": tsdf.detach(),  # (U,)
+                    "occ": occ.detach(),  # (U,)
+                    "survivors": keep,  # (U,) bool
+                }
+            coords = fused_coords[keep]
+            feats = torch.cat([feats[keep], tsdf[keep, None], occ[keep, None]], dim=1)
+            if len(coords) == 0:
+                return None
+        return Prediction(coords, tsdf[keep])

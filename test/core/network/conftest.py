@@ -1,0 +1,32 @@
+"""Paths to the shared reference material beside the repository (``../shared``), skipping when absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def parity_fixture_dir() -> Path:
+    """The upstream parity fixture folder (env ``NEURALRECON_PARITY_FIXTURES`` or ``../shared/...``)."""
+    return Path(os.environ.get("NEURALRECON_PARITY_FIXTURES", SHARED_DIR / "fixtures" / "upstream_parity"))
+
+
+@pytest.fixture(scope="session")
+def expected_state_dict_tsv() -> Path:
+    path = SHARED_DIR / "reference" / "neuralrecon_expected_state_dict.tsv"
+    if not path.is_file():
+        pytest.skip(f"expected state-dict listing not found at {path} (the shared folder beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    path = parity_fixture_dir()
+    if not (path / "inputs.json").is_file():
+        pytest.skip(f"upstream parity fixture not found at {path}; set NEURALRECON_PARITY_FIXTURES")
+    return path

@@ -1,0 +1,467 @@
+"""NodeLogic on hand-built message streams with a fake pipeline: pairing, TF timing, drops, publishing."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+
+import numpy as np
+import pytest
+from rosbags.typesys import Stores, get_typestore
+
+from neuralrecon_ros.core.geometry import make_transform, rotation_about_axis
+from neuralrecon_ros.core.pipeline import FrameResult
+from neuralrecon_ros.core.reconstructor import MapUpdate
+from neuralrecon_ros.core.timing import StageTimer
+from neuralrecon_ros.core.types import CameraIntrinsics, Fragment, Frame, Mesh
+from neuralrecon_ros.io import messages as m
+from neuralrecon_ros.node.logic import DROP_REASONS, NodeLogic
+from neuralrecon_ros.node.parameters import NodeParameters
+
+TYPES = m.rosbags_types(get_typestore(Stores.ROS2_HUMBLE))
+INTRINSICS = CameraIntrinsics(20.0, 20.0, 7.5, 5.5, 16, 12)
+CAMERA = "camera_optical"
+T_BASE_CAMERA = make_transform(rotation_about_axis([1, -1, 1], 2.1), [0.1, 0.0, 0.2])
+T0 = 1000.0  # stream start (s)
+IMAGE_DROPS = set(DROP_REASONS) - {"bad_camera_info", "invalid_transform"}
+
+
+def T_odom_base(t: float) -> np.ndarray:
+    """Constant screw motion: TF interpolation reproduces it exactly."""
+    dt = t - T0
+    return make_transform(rotation_about_axis([0, 0, 1], 0.3 * dt), [0.5 * dt, 0.2 * dt, 0.0])
+
+
+def expected_pose(t: float) -> np.ndarray:
+    return T_odom_base(t) @ T_BASE_CAMERA
+
+
+def rgb(index: int) -> np.ndarray:
+    return np.full((INTRINSICS.height, INTRINSICS.width, 3), index % 256, np.uint8)
+
+
+class FakeFragments:
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def drop_pending(self) -> int:
+        self.dropped += 1
+        return 0
+
+
+class FakePipeline:
+    """Records frames; every ``fragment_every``-th frame closes a fragment."""
+
+    def __init__(self, needs_depth: bool = False, fragment_every: int = 3) -> None:
+        self.needs_depth = needs_depth
+        self.fragment_every = fragment_every
+        self.frames: list[Frame] = []
+        self.timer = StageTimer()
+        self.fragments = FakeFragments()
+        self.mesh_calls = 0
+
+    def process(self, frame: Frame) -> FrameResult:
+        self.frames.append(frame)
+        if len(self.frames) % self.fragment_every == 0:
+            n = self.fragment_every
+            fragment = Fragment(len(self.frames) // n - 1, self.frames[-n:])
+            return FrameResult(True, fragment, MapUpdate(np.zeros((1, 3), np.int64), 1))
+        return FrameResult(False, None, None)
+
+    def mesh(self) -> Mesh:
+        self.mesh_calls += 1
+        n = len(self.frames)
+        vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, n]], np.float32)
+        return Mesh(vertices, np.array([[0, 1, 2]]))
+
+
+class RecordingPublisher:
+    types = TYPES
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, object]] = []
+
+    def publish(self, topic_key: str, msg: object) -> None:
+        self.published.append((topic_key, msg))
+
+
+def make_logic(needs_depth: bool = False, **params) -> tuple[NodeLogic, FakePipeline, RecordingPublisher]:
+    values = {"global_frame": "odom", "max_wait_for_pose_s": 0.5, "maximum_input_queue_length": 30}
+    values.update(params)
+    pipeline = FakePipeline(needs_depth)
+    publisher = RecordingPublisher()
+    return NodeLogic(NodeParameters(values), pipeline, publisher), pipeline, publisher
+
+
+# ---------------------------------------------------------------------------------------- messages
+
+
+def image_msg(t: float, index: int = 0, encoding: str = "rgb8", frame: str = CAMERA, size=None):
+    height, width = size or (INTRINSICS.height, INTRINSICS.width)
+    if encoding in ("rgb8", "bgr8"):
+        array = np.full((height, width, 3), index % 256, np.uint8)
+        return m.encode_image(TYPES, array, encoding, t, frame)
+    msg = m.encode_image(TYPES, np.zeros((height, width, 3), np.uint8), "rgb8", t, frame)
+    msg.encoding = encoding
+    return msg
+
+
+def info_msg(t: float, intrinsics: CameraIntrinsics = INTRINSICS):
+    return m.encode_camera_info(TYPES, intrinsics, t, CAMERA)
+
+
+def depth_msg(t: float, size=None, value: float = 2.0):
+    height, width = size or (INTRINSICS.height, INTRINSICS.width)
+    return m.encode_image(TYPES, np.full((height, width), value, np.float32), "32FC1", t, CAMERA)
+
+
+def tf_of(T: np.ndarray, t: float, parent: str = "odom", child: str = "base_link"):
+    return m.encode_tf_message(TYPES, [m.encode_transform_stamped(TYPES, T, t, parent, child)])
+
+
+def odom_tf(t: float):
+    return tf_of(T_odom_base(t), t)
+
+
+def static_tf():
+    return tf_of(T_BASE_CAMERA, 0.0, "base_link", CAMERA)
+
+
+def feed(logic: NodeLogic, events: list[tuple[str, float, object]]) -> None:
+    """Deliver (kind, time, msg) events in list order, ticking after each like the bag transport."""
+    handlers = {
+        "image": logic.on_image,
+        "info": logic.on_camera_info,
+        "depth": logic.on_depth,
+        "tf": lambda msg: logic.on_tf(msg, static=False),
+        "tf_static": lambda msg: logic.on_tf(msg, static=True),
+        "odom": logic.on_odometry,
+    }
+    for kind, now, msg in events:
+        handlers[kind](msg)
+        logic.spin_once(now)
+
+
+def camera_stream(stamps, tf_lead: float = 0.05, with_info: bool = True, info_first: bool = False):
+    """Per image stamp: TF slightly ahead of the image, then image and camera_info."""
+    events = [("tf_static", stamps[0], static_tf())]
+    for i, t in enumerate(stamps):
+        events.append(("tf", t, odom_tf(t)))
+        events.append(("tf", t + tf_lead, odom_tf(t + tf_lead)))
+        pair = [("image", t, image_msg(t, i))] + ([("info", t, info_msg(t))] if with_info else [])
+        events.extend(reversed(pair) if info_first else pair)
+    return events
+
+
+def stamps(n: int, start: float = T0, step: float = 0.1) -> list[float]:
+    return [start + step * i for i in range(n)]
+
+
+def assert_every_image_accounted_for(logic: NodeLogic) -> None:
+    image_drops = sum(count for reason, count in logic.dropped.items() if reason in IMAGE_DROPS)
+    assert logic.frames_processed + image_drops + logic.queue_length == logic.received["image"]
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("info_first", [False, True])
+def test_paired_frames_reach_the_pipeline_with_exact_poses(info_first):
+    logic, pipeline, _ = make_logic()
+    ts = stamps(6)
+    feed(logic, camera_stream(ts, info_first=info_first))
+    logic.finish()
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(ts)
+    assert not logic.dropped
+    for i, frame in enumerate(pipeline.frames):
+        assert frame.index == i and frame.frame_id == CAMERA and frame.intrinsics == INTRINSICS
+        np.testing.assert_array_equal(frame.image, rgb(i))
+        np.testing.assert_allclose(frame.T_world_camera, expected_pose(ts[i]), atol=1e-9)
+        assert frame.depth is None
+
+
+def test_tf_arriving_late_is_waited_for():
+    logic, pipeline, _ = make_logic()
+    ts = stamps(4)
+    events = [("tf_static", T0, static_tf()), ("tf", T0 - 0.05, odom_tf(T0 - 0.05))]
+    for i, t in enumerate(ts):  # images and infos first ...
+        events += [("image", t, image_msg(t, i)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    assert logic.queue_length == 4 and not pipeline.frames  # waiting, nothing dropped yet
+    feed(logic, [("tf", t, odom_tf(t)) for t in stamps(10, T0 + 0.05, 0.05)])  # ... then TF catches up
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(ts)
+    assert not logic.dropped
+    for frame, t in zip(pipeline.frames, ts):
+        np.testing.assert_allclose(frame.T_world_camera, expected_pose(t), atol=1e-9)
+
+
+def test_missing_tf_drops_after_the_wait_and_is_counted(caplog):
+    logic, pipeline, _ = make_logic()
+    ts = stamps(12)
+    caplog.set_level(logging.WARNING, "neuralrecon_ros")
+    events = [("tf_static", T0, static_tf())]  # base_link <- camera only: never connected to odom
+    for i, t in enumerate(ts):
+        events += [("image", t, image_msg(t, i)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    # t <= 1001.1 - 0.5 have waited longer than max_wait_for_pose_s
+    assert logic.dropped["tf_missing"] == 6 and logic.queue_length == 6
+    logic.finish()
+    assert logic.dropped == {"tf_missing": 12} and not pipeline.frames
+    assert caplog.text.count("dropped (tf_missing)") == 1  # logged once per reason
+    assert "'odom'" in caplog.text and "known frames: base_link, camera_optical" in caplog.text
+    assert_every_image_accounted_for(logic)
+
+
+def test_tf_that_stopped_gives_extrapolation_drops():
+    logic, pipeline, _ = make_logic()
+    events = camera_stream(stamps(3))
+    for i, t in enumerate(stamps(8, T0 + 0.3), start=3):  # TF stops after T0 + 0.25
+        events += [("image", t, image_msg(t, i)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    logic.finish()
+    assert len(pipeline.frames) == 3
+    assert logic.dropped == {"tf_extrapolation": 8}
+    assert_every_image_accounted_for(logic)
+
+
+def test_images_older_than_the_tf_history_are_dropped_at_once():
+    logic, pipeline, _ = make_logic()
+    feed(logic, [("tf_static", T0, static_tf()), ("tf", T0, odom_tf(T0)), ("tf", T0 + 0.1, odom_tf(T0 + 0.1)),
+                 ("image", T0 - 0.2, image_msg(T0 - 0.2)), ("info", T0 - 0.2, info_msg(T0 - 0.2))])
+    assert logic.dropped == {"tf_extrapolation": 1} and logic.queue_length == 0 and not pipeline.frames
+
+
+def test_size_mismatch_and_bad_encodings_are_counted():
+    logic, pipeline, _ = make_logic()
+    events = camera_stream(stamps(2))
+    t = T0 + 0.2
+    events += [("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, image_msg(t, size=(24, 32))),
+               ("info", t, info_msg(t))]
+    t = T0 + 0.3
+    events += [("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, image_msg(t, encoding="yuv422")),
+               ("info", t, info_msg(t))]
+    t = T0 + 0.4
+    events += [("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, image_msg(t, encoding="32FC1")),
+               ("info", t, info_msg(t))]
+    t = T0 + 0.5
+    broken = image_msg(t, 5)
+    broken.step += 1  # says rows are padded, but the data is not: a malformed message
+    events += [("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, broken), ("info", t, info_msg(t))]
+    t = T0 + 0.6
+    events += [("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, image_msg(t, 6)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    logic.finish()
+    assert logic.dropped == {"size_mismatch": 1, "unsupported_encoding": 2, "bad_image": 1}
+    assert [f.index for f in pipeline.frames] == [0, 1, 6]
+    assert_every_image_accounted_for(logic)
+
+
+def test_nan_transform_is_rejected_and_the_frame_posed_from_its_neighbours():
+    logic, pipeline, _ = make_logic()
+    t = T0 + 0.1
+    nan = T_odom_base(t)
+    nan[0, 3] = np.nan
+    bad = m.encode_tf_message(TYPES, [m.encode_transform_stamped(TYPES, nan, t, "odom", "base_link")])
+    zero_q = tf_of(np.eye(4), t)
+    zero_q.transforms[0].transform.rotation.w = 0.0
+    events = [("tf_static", T0, static_tf()), ("tf", T0, odom_tf(T0)), ("tf", t, bad), ("tf", t, zero_q),
+              ("tf", T0 + 0.2, odom_tf(T0 + 0.2)), ("image", t, image_msg(t)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    assert logic.dropped == {"invalid_transform": 2}
+    (frame,) = pipeline.frames
+    np.testing.assert_allclose(frame.T_world_camera, expected_pose(t), atol=1e-9)  # screw motion: exact
+
+
+def test_invalid_looked_up_pose_is_dropped(monkeypatch):
+    logic, pipeline, _ = make_logic()
+    bad = np.eye(4)
+    bad[:3, :3] *= 2.0  # not a rotation
+    monkeypatch.setattr(logic.tf, "lookup", lambda *args: bad)
+    feed(logic, [("image", T0, image_msg(T0)), ("info", T0, info_msg(T0))])
+    assert logic.dropped == {"invalid_pose": 1} and not pipeline.frames
+
+
+def test_missing_or_bad_camera_info():
+    logic, pipeline, _ = make_logic()
+    uncalibrated = info_msg(T0 + 0.1)
+    uncalibrated.k = np.zeros(9)
+    t = T0 + 0.1
+    events = [*camera_stream(stamps(1)), ("tf", t, odom_tf(t)), ("image", t, image_msg(t))]
+    events.append(("info", t, uncalibrated))
+    events += [("tf", t, odom_tf(t)) for t in stamps(10, T0 + 0.15, 0.1)]
+    feed(logic, events)
+    assert logic.dropped == {"bad_camera_info": 1, "no_camera_info": 1}
+    assert len(pipeline.frames) == 1
+
+
+def test_zero_stamped_camera_info_is_no_time_jump_and_explained(caplog):
+    logic, pipeline, _ = make_logic()
+    events = [("tf_static", T0, static_tf())]
+    for i, t in enumerate(stamps(8)):
+        events += [("tf", t, odom_tf(t)), ("image", t, image_msg(t, i)), ("info", t, info_msg(0.0))]
+    feed(logic, events)
+    logic.finish()
+    assert logic.time_jumps == 0 and logic.dropped == {"no_camera_info": 8} and not pipeline.frames
+    assert "the last camera_info was stamped -1000.0" in caplog.text
+    assert "approximate_sync_tolerance_s" in caplog.text
+
+
+@pytest.mark.parametrize("tolerance, paired", [(0.0, False), (0.005, True)])
+def test_approximate_sync_tolerance(tolerance, paired):
+    logic, pipeline, _ = make_logic(approximate_sync_tolerance_s=tolerance)
+    events = [("tf_static", T0, static_tf())]
+    for i, t in enumerate(stamps(5)):
+        events += [("tf", t, odom_tf(t)), ("tf", t + 0.05, odom_tf(t + 0.05)),
+                   ("image", t, image_msg(t, i)), ("info", t + 0.002, info_msg(t + 0.002))]
+    feed(logic, events)
+    logic.finish()
+    if paired:
+        assert len(pipeline.frames) == 5 and not logic.dropped
+    else:
+        assert not pipeline.frames and logic.dropped == {"no_camera_info": 5}
+
+
+def test_depth_mode_pairs_depth_and_checks_it():
+    logic, pipeline, _ = make_logic(needs_depth=True)
+    events = [("tf_static", T0, static_tf())]
+    depths = {
+        0: depth_msg(T0, value=1.5),
+        1: None,  # never arrives
+        2: depth_msg(T0 + 0.2, size=(6, 8), value=2.5),  # half resolution, registered: accepted
+        3: depth_msg(T0 + 0.3, size=(12, 12)),  # wrong aspect ratio
+        4: m.encode_image(TYPES, rgb(4), "rgb8", T0 + 0.4, CAMERA),  # colour on the depth topic
+    }
+    for i, t in enumerate(stamps(5)):
+        events += [("tf", t, odom_tf(t)), ("tf", t + 0.05, odom_tf(t + 0.05)), ("image", t, image_msg(t, i)),
+                   ("info", t, info_msg(t))]
+        if depths[i] is not None:
+            events.append(("depth", t, depths[i]))
+    events += [("tf", t, odom_tf(t)) for t in stamps(8, T0 + 0.5, 0.1)]
+    feed(logic, events)
+    logic.finish()
+    assert [f.index for f in pipeline.frames] == [0, 2]
+    assert pipeline.frames[0].depth.shape == (12, 16) and np.all(pipeline.frames[0].depth == 1.5)
+    assert pipeline.frames[1].depth.shape == (6, 8)
+    assert logic.dropped == {"no_depth": 2, "size_mismatch": 1, "unsupported_encoding": 1}
+
+
+def test_queue_is_bounded():
+    logic, pipeline, _ = make_logic(maximum_input_queue_length=3, max_wait_for_pose_s=10.0)
+    events = []
+    for i, t in enumerate(stamps(7)):
+        events += [("image", t, image_msg(t, i)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    assert logic.queue_length == 3 and logic.dropped == {"queue_full": 4}
+    feed(logic, [("tf_static", T0, static_tf())] + [("tf", t, odom_tf(t)) for t in stamps(16, T0, 0.05)])
+    assert [f.index for f in pipeline.frames] == [4, 5, 6]  # the newest three survived
+
+
+def test_time_jump_back_resets_and_keeps_going(caplog):
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(4)))
+    feed(logic, [("image", T0 + 0.5, image_msg(T0 + 0.5)), ("info", T0 + 0.5, info_msg(T0 + 0.5))])
+    assert logic.queue_length == 1
+    restart = stamps(4, T0 - 50.0)  # the bag looped
+    feed(logic, camera_stream(restart))
+    logic.finish()
+    assert logic.time_jumps == 1 and pipeline.fragments.dropped == 1
+    assert logic.dropped == {"time_backwards": 1}
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(4) + restart)
+    np.testing.assert_allclose(pipeline.frames[-1].T_world_camera, expected_pose(restart[-1]), atol=1e-9)
+    assert "time jumped back" in caplog.text
+
+
+def test_out_of_order_image_after_processing_is_dropped():
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(3)))
+    late = T0 + 0.05
+    feed(logic, [("image", late, image_msg(late)), ("info", late, info_msg(late))])
+    assert logic.dropped == {"time_backwards": 1} and len(pipeline.frames) == 3
+
+
+def test_mesh_marker_after_each_fragment_and_at_finish():
+    logic, _, publisher = make_logic()
+    feed(logic, camera_stream(stamps(7)))
+    assert [key for key, _ in publisher.published] == ["mesh_marker", "mesh_marker"]  # fragments at 3 and 6
+    marker = publisher.published[1][1]
+    assert marker.header.frame_id == "odom" and m.header_stamp(marker) == pytest.approx(T0 + 0.5, abs=1e-6)
+    assert marker.type == m.MARKER_TRIANGLE_LIST
+    np.testing.assert_array_equal(m.decode_marker_triangles(marker)[0], [[0, 0, 0], [1, 0, 0], [0, 1, 6]])
+    logic.finish()  # frame 7 closed no fragment and changed nothing: no extra publication
+    assert len(publisher.published) == 2
+
+
+def test_rate_limited_mesh_publication():
+    logic, pipeline, publisher = make_logic()
+    logic.mesh_publish_period_s = 0.25
+    pipeline.fragment_every = 1  # every frame changes the map
+    publish_times = []
+    for event in camera_stream(stamps(10)):
+        before = len(publisher.published)
+        feed(logic, [event])
+        publish_times += [event[1]] * (len(publisher.published) - before)
+    assert len(publish_times) == 4  # transport time 1000.05 .. 1000.95, at most every 0.25 s
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(publish_times))
+    logic.finish()
+    assert len(publisher.published) == 5  # the final state is always published
+    assert m.header_stamp(publisher.published[-1][1]) == pytest.approx(T0 + 0.9, abs=1e-6)
+
+
+def test_odometry_pose_source():
+    logic, pipeline, _ = make_logic(pose_source="odometry")
+    events = [("tf_static", T0, static_tf())]
+    for i, t in enumerate(stamps(4)):
+        t2 = t + 0.05
+        events += [("tf", t, tf_of(np.eye(4), t)),  # ignored: odometry owns odom <- base_link
+                   ("odom", t, m.encode_odometry(TYPES, T_odom_base(t), t, "odom", "base_link")),
+                   ("odom", t2, m.encode_odometry(TYPES, T_odom_base(t2), t2, "odom", "base_link")),
+                   ("image", t, image_msg(t, i)), ("info", t, info_msg(t))]
+    feed(logic, events)
+    assert len(pipeline.frames) == 4 and not logic.dropped
+    for frame, t in zip(pipeline.frames, stamps(4)):
+        np.testing.assert_allclose(frame.T_world_camera, expected_pose(t), atol=1e-9)
+
+
+def test_compressed_images_are_accepted():
+    logic, pipeline, _ = make_logic()
+    events = [("tf_static", T0, static_tf()), ("tf", T0, odom_tf(T0)), ("tf", T0 + 0.05, odom_tf(T0 + 0.05)),
+              ("image", T0, m.encode_compressed_image(TYPES, rgb(9), "png", T0, CAMERA)),
+              ("info", T0, info_msg(T0))]
+    feed(logic, events)
+    (frame,) = pipeline.frames
+    np.testing.assert_array_equal(frame.image, rgb(9))
+
+
+def test_garbage_and_reordering_never_crash_and_every_image_is_accounted_for():
+    rng = random.Random(3)
+    logic, pipeline, _ = make_logic(maximum_input_queue_length=5)
+    events = camera_stream(stamps(30))
+    for k in range(20):
+        position = rng.randrange(1, len(events))
+        t = events[position][1] + rng.uniform(-0.3, 0.3)
+        kind = k % 5
+        if kind == 0:
+            garbage = ("image", t, image_msg(t, encoding=rng.choice(["yuv422", "mono16"])))
+        elif kind == 1:
+            garbage = ("info", t, info_msg(t))
+            garbage[2].width = 0
+        elif kind == 2:
+            garbage = ("image", t, image_msg(t, size=(3, 5)))
+        elif kind == 3:
+            garbage = ("tf", t, tf_of(np.eye(4), t, "a", "b"))
+            garbage[2].transforms[0].transform.translation.x = float("nan")
+        else:
+            garbage = ("image", t, image_msg(t, frame="unknown_frame"))
+        events.insert(position, garbage)
+    for _ in range(30):  # local reordering, as from several publishers
+        i = rng.randrange(len(events) - 1)
+        events[i], events[i + 1] = events[i + 1], events[i]
+    feed(logic, events)
+    logic.finish()
+    assert logic.queue_length == 0 and logic.time_jumps == 0
+    assert_every_image_accounted_for(logic)
+    assert logic.frames_processed == len(pipeline.frames) >= 20
+    stamps_in = [f.stamp for f in pipeline.frames]
+    assert stamps_in == sorted(stamps_in) and len(set(stamps_in)) == len(stamps_in)
+    assert {"invalid_transform", "bad_camera_info", "unsupported_encoding"} <= set(logic.dropped)
