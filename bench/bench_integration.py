@@ -193,23 +193,27 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
+    """Cells are 'wall median / CPU mean' in ms; ratios likewise (CPU time is robust on a busy machine)."""
     rows = [("integrate / frame", "integrate"), ("mesh extraction (whole map)", "extract"),
             ("incremental re-mesh, 1 frame", "incremental")]
     systems = [name for name in ("ours", "o3d_vbg", "o3d_legacy") if name in results]
-    header = f"{'':30}" + "".join(f"{name:>24}" for name in systems)
-    header += "".join(f"{'ours/' + name:>16}" for name in systems[1:])
-    print(header)
+    print(f"{'ms: wall median / cpu mean':30}" + "".join(f"{name:>18}" for name in systems)
+          + "".join(f"{'ours/' + name:>18}" for name in systems[1:]))
     for label, key in rows:
-        line = f"{label:30}"
+        cells = []
         for name in systems:
             stats = results[name].get(key)
-            line += f"{stats['median_ms']:>10.1f} ms ({stats['cpu_ms']:>6.1f} cpu)" if stats else f"{'-':>24}"
+            cells.append(f"{stats['median_ms']:8.1f} /{stats['cpu_ms']:6.1f}" if stats else "-")
         for name in systems[1:]:
             ours, other = results["ours"].get(key), results[name].get(key)
-            line += f"{ours['median_ms'] / other['median_ms']:>16.2f}" if ours and other else f"{'-':>16}"
-        print(line)
+            if ours and other:
+                wall, cpu = ours["median_ms"] / other["median_ms"], ours["cpu_ms"] / other["cpu_ms"]
+                cells.append(f"{wall:8.2f} /{cpu:6.2f}")
+            else:
+                cells.append("-")
+        print(f"{label:30}" + "".join(f"{cell:>18}" for cell in cells))
     if "fscore" in results:
-        print(f"{'F-score @ 5 cm vs GT':30}" + "".join(f"{results['fscore'][n]:>24.3f}" for n in systems))
+        print(f"{'F-score @ 5 cm vs GT':30}" + "".join(f"{results['fscore'][n]:>18.3f}" for n in systems))
     if isinstance(results.get("open3d"), str):
         print(results["open3d"])
     info = results["info"]

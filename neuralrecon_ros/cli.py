@@ -113,18 +113,33 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from .core.synthetic import make_sequence
-    from .io.ply import write_ply
-    from .io.synthetic_bag import write_synthetic_bag
 
     output = _prepare_output_dir(args.output)
     start = time.perf_counter()
     sequence = make_sequence(args.seed, n_frames=args.frames, width=args.width, height=args.height, style=args.style)
-    bag_path = output / "bag"
-    write_synthetic_bag(sequence, bag_path, storage=args.storage, depth_encoding=args.depth_encoding)
-    write_ply(output / "gt_mesh.ply", sequence.scene.gt_mesh())
-    log.info("wrote %s and %s in %.1f s", bag_path, output / "gt_mesh.ply", time.perf_counter() - start)
-    print(json.dumps({"bag": str(bag_path), "gt_mesh": str(output / "gt_mesh.ply"), "frames": args.frames}))
+    written = write_scene(sequence, output, storage=args.storage, depth_encoding=args.depth_encoding)
+    log.info("wrote %s in %.1f s", output, time.perf_counter() - start)
+    print(json.dumps({**{key: str(path) for key, path in written.items()}, "frames": args.frames}))
     return 0
+
+
+def write_scene(sequence: Any, output: Path, **bag_options: Any) -> dict[str, Path]:
+    """Write a synthetic sequence as ``output/bag`` plus its exact GT mesh and the observed part of it.
+
+    ``gt_mesh.ply`` is the whole scene; ``gt_mesh_observed.ply`` keeps the surfaces the camera path
+    saw (what a scanned benchmark's ground truth holds) and is what completeness should be scored on.
+    """
+    from .core.synthetic import observed_mesh
+    from .io.ply import write_ply
+    from .io.synthetic_bag import write_synthetic_bag
+
+    paths = {"bag": output / "bag", "gt_mesh": output / "gt_mesh.ply",
+             "gt_mesh_observed": output / "gt_mesh_observed.ply"}
+    write_synthetic_bag(sequence, paths["bag"], **bag_options)
+    gt = sequence.scene.gt_mesh()
+    write_ply(paths["gt_mesh"], gt)
+    write_ply(paths["gt_mesh_observed"], observed_mesh(gt, sequence))
+    return paths
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -181,18 +196,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Synthesise a room, replay it, evaluate against the exact ground truth."""
     from .core.metrics import evaluate_meshes
     from .core.synthetic import make_sequence
-    from .io.ply import read_ply, write_ply
-    from .io.synthetic_bag import write_synthetic_bag
+    from .io.ply import read_ply
 
     output = _prepare_output_dir(args.output)
     params = parameters_from_args(args)
     print(f"[1/3] synthesising room (seed {args.seed}, {args.frames} frames) ...", flush=True)
     sequence = make_sequence(args.seed, n_frames=args.frames)
-    bag_path = output / "scene" / "bag"
-    _prepare_output_dir(bag_path.parent)
-    write_synthetic_bag(sequence, bag_path)
-    gt_path = output / "scene" / "gt_mesh.ply"
-    write_ply(gt_path, sequence.scene.gt_mesh())
+    scene = write_scene(sequence, _prepare_output_dir(output / "scene"), overwrite=True)
+    bag_path, gt_path = scene["bag"], scene["gt_mesh_observed"]
     if params.mode == "depth":
         print("[2/3] replaying in depth mode (RGB-D fusion): no learned weights ship yet, so the demo "
               "fuses the depth images; use --mode neuralrecon --checkpoint PATH for the monocular network",
@@ -200,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"[2/3] replaying in {params.mode} mode ...", flush=True)
     summary = run_replay(bag_path, output / "replay", params, progress=not args.no_progress)
-    print("[3/3] evaluating against the exact ground-truth mesh ...", flush=True)
+    print("[3/3] evaluating against the exact ground truth of the surfaces the camera observed ...", flush=True)
     metrics = evaluate_meshes(read_ply(summary["mesh"]["path"]), read_ply(gt_path))
     atomic_write_text(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     print(json.dumps({

@@ -115,8 +115,9 @@ def rotation_about_axis(axis: np.ndarray, angle_rad: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle_rad) * K + (1 - np.cos(angle_rad)) * K @ K
 
 
-def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """``T_world_camera`` of an optical-frame camera at ``eye`` looking at ``target`` (y down)."""
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
+    """``T_world_camera`` of an optical-frame camera at ``eye`` looking at ``target`` (y down, world +z up)."""
+    up = np.array([0.0, 0.0, 1.0]) if up is None else np.asarray(up, np.float64)
     z = np.asarray(target, np.float64) - np.asarray(eye, np.float64)
     z /= np.linalg.norm(z)
     x = np.cross(z, up)

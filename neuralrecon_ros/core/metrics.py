@@ -78,7 +78,7 @@ def evaluate_meshes(
     gt: Mesh,
     threshold: float = 0.05,
     downsample: float = 0.02,
-    sample_spacing: float = 0.005,
+    sample_spacing: float = 0.01,
     seed: int = 0,
 ) -> dict[str, float | int]:
     """NeuralRecon 3D metrics of ``pred`` against ``gt`` (metres); JSON-ready dict (see module doc).

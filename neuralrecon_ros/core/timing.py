@@ -45,7 +45,7 @@ class StageTimer:
         for name, samples in sorted(self._samples.items()):
             values = np.asarray(samples)
             out[name] = {
-                "count": int(len(values)),
+                "count": len(values),
                 "median": float(np.median(values)),
                 "p95": float(np.percentile(values, 95)),
                 "total": float(values.sum()),

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..core.config import ParameterError, ParamSpec, coerce_value, config_fields, default_of, param, spec_of
 from ..core.keyframes import KeyframeConfig
-from ..core.mapping.config import DepthFusionConfig, MapConfig
+from ..core.mapping.config import DepthFusionConfig, MapConfig, MeshingConfig
 from ..core.mapping.products import ProductsConfig
 from ..core.network.config import NeuralReconConfig
 from ..core.reconstructor import ReconstructionConfig
@@ -58,6 +58,41 @@ class InputConfig:
     )
 
 
+@dataclass
+class NodeConfig:
+    """How the node runs: output rates, services' files, backlog and time-jump policies."""
+
+    mesh_publish_rate_hz: float = param(
+        1.0, "Rate of the chunked mesh (~/mesh_markers, visualization_msgs/MarkerArray): only the chunks "
+        "that changed since the last message; 0 disables it.", minimum=0.0, maximum=100.0, unit="Hz")
+    full_mesh_publish_rate_hz: float = param(
+        0.2, "Rate of the whole mesh as one TRIANGLE_LIST Marker (~/mesh, latched); 0 disables it. Large "
+        "maps make big messages: keep it low and use ~/mesh_markers for live display.",
+        minimum=0.0, maximum=100.0, unit="Hz")
+    fragment_volume_publish_rate_hz: float = param(
+        1.0, "Rate of the debug Marker ~/fragment_volume (the box the fragment being built covers); "
+        "0 disables it.", minimum=0.0, maximum=100.0, unit="Hz")
+    diagnostics_rate_hz: float = param(
+        1.0, "Rate of diagnostic_msgs/DiagnosticArray on /diagnostics (rates, drops, latencies, map "
+        "size); 0 disables it.", minimum=0.0, maximum=100.0, unit="Hz")
+    output_directory: str = param(
+        "", "Relative paths given to the save_ply / save_map / load_map services resolve against this "
+        "directory ('' = the node's working directory); a leading ~ is expanded.")
+    on_time_jump: str = param(
+        "reset", "When message time jumps back by more than 1 s (a looping bag, a restarted simulation): "
+        "'reset' clears the map, 'warn' keeps it. Either way TF history, waiting frames and the fragment "
+        "under construction are dropped, and the jump is counted and logged.", choices=("reset", "warn"))
+    backlog_policy: str = param(
+        "drop_oldest_keyframe", "When more than maximum_backlog_length posed frames wait for the "
+        "reconstruction worker: 'drop_oldest_keyframe' drops the oldest waiting frame (the fragment under "
+        "construction goes on with newer ones); 'skip_fragment' drops every waiting frame and the "
+        "fragment under construction, so the next fragment starts afresh. Never a half-built fragment.",
+        choices=("drop_oldest_keyframe", "skip_fragment"))
+    maximum_backlog_length: int = param(
+        30, "Posed frames that may wait for the reconstruction worker (e.g. while the network runs a "
+        "fragment) before backlog_policy applies.", minimum=1, maximum=10000)
+
+
 #: every component config that contributes public parameters, in the order the YAML lists them
 PARAMETER_GROUPS: tuple[type, ...] = (
     InputConfig,
@@ -65,8 +100,10 @@ PARAMETER_GROUPS: tuple[type, ...] = (
     KeyframeConfig,
     MapConfig,
     DepthFusionConfig,
+    MeshingConfig,
     NeuralReconConfig,
     ProductsConfig,
+    NodeConfig,
 )
 
 

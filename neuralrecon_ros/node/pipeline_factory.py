@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..core.keyframes import KeyframeConfig
-from ..core.mapping.config import DepthFusionConfig, MapConfig
+from ..core.mapping.config import DepthFusionConfig, MapConfig, MeshingConfig
 from ..core.mapping.depth_fusion import DepthFusionReconstructor
 from ..core.mapping.tsdf_map import TSDFMap
 from ..core.pipeline import ReconstructionPipeline
@@ -18,5 +18,5 @@ def build_pipeline(params: NodeParameters) -> ReconstructionPipeline:
     keyframes = params.group(KeyframeConfig)
     if params.mode == "depth":
         reconstructor = DepthFusionReconstructor(tsdf_map, params.group(DepthFusionConfig))
-        return ReconstructionPipeline(keyframes, tsdf_map, reconstructor)
+        return ReconstructionPipeline(keyframes, tsdf_map, reconstructor, meshing_config=params.group(MeshingConfig))
     raise NotImplementedError("mode 'neuralrecon' is wired in by the network issue")

@@ -33,8 +33,8 @@ def test_identical_meshes_score_perfectly():
     result = evaluate_meshes(mesh, mesh)
     assert result["acc"] == 0.0 and result["comp"] == 0.0 and result["chamfer"] == 0.0
     assert result["prec"] == result["recall"] == result["fscore"] == 1.0
-    # 2 m x 2 m at 2 cm: every downsampling cell is occupied
-    assert result["n_pred_points"] == result["n_gt_points"] == pytest.approx(101**2, rel=0.02)
+    # 2 m x 2 m at 2 cm: 101 x 101 downsampling cells, nearly all occupied at 4 samples per cell
+    assert result["n_pred_points"] == result["n_gt_points"] == pytest.approx(101**2, rel=0.03)
     json.dumps(result)  # plain JSON types
 
 
@@ -68,7 +68,7 @@ def test_partial_prediction_lowers_recall_only():
     gt = square(cells=50)
     half = Mesh(gt.vertices, gt.faces[: len(gt.faces) // 4])  # first quarter of each triangle set
     result = evaluate_meshes(half, gt)
-    assert result["prec"] == 1.0 and result["acc"] < 0.006
+    assert result["prec"] == 1.0 and result["acc"] < 0.008  # centroids of differently sampled cells
     assert 0.2 < result["recall"] < 0.8
     assert result["fscore"] == pytest.approx(2 * result["recall"] / (1 + result["recall"]))
 
@@ -93,4 +93,6 @@ def test_voxel_downsample_takes_centroids():
 def test_sample_density():
     samples = sample_surface(square(cells=1), spacing=0.01, seed=1)
     assert len(samples) == pytest.approx(4 + 4.0 / 0.01**2, rel=0.02)
+    fine = sample_surface(square(cells=400), spacing=0.01)  # used vertices + samples of the surface
+    assert len(fine) == pytest.approx(401**2 + 4.0 / 0.01**2, rel=0.02)
     assert samples[:, :2].min() >= 0 and samples[:, :2].max() <= 2.0 and (samples[:, 2] == 0).all()

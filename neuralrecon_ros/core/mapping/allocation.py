@@ -15,8 +15,7 @@ Everything is elementwise torch work on the image's device; boxes become blocks 
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,14 +33,14 @@ def band_blocks(
     depth: torch.Tensor,
     valid: torch.Tensor,
     intrinsics: CameraIntrinsics,
-    R: torch.Tensor,
-    t: torch.Tensor,
+    T_map_camera: np.ndarray,
     truncation_m: float,
     block_m: float,
 ) -> torch.Tensor:
     """Unique int64 (K, 3) coordinates of the blocks (side ``block_m``) the truncation band meets.
 
-    ``depth`` float32 (H, W) metres, ``valid`` bool (H, W); ``R``, ``t`` map <- camera (float32).
+    ``depth`` float32 (H, W) metres, ``valid`` bool (H, W), both on the work device; the pose stays on
+    the host (its entries are scalars in the elementwise ops).
     """
     H, W = depth.shape
     if not bool(valid.any()):
@@ -57,7 +56,7 @@ def band_blocks(
     v0 = ty.to(torch.float32) * TILE_PX - 0.5
     u1 = torch.clamp(u0 + TILE_PX, max=W - 0.5)
     v1 = torch.clamp(v0 + TILE_PX, max=H - 0.5)
-    boxes = [_frustum_boxes(u0, u1, v0, v1, tile_min[ty, tx], tile_max[ty, tx], intrinsics, R, t,
+    boxes = [_frustum_boxes(u0, u1, v0, v1, tile_min[ty, tx], tile_max[ty, tx], intrinsics, T_map_camera,
                             truncation_m, block_m)]
 
     rough = (has_depth & ~smooth).repeat_interleave(TILE_PX, 0)[:H].repeat_interleave(TILE_PX, 1)[:, :W]
@@ -65,7 +64,7 @@ def band_blocks(
     if len(py):
         d = depth[py, px]
         u, v = px.to(torch.float32), py.to(torch.float32)
-        boxes.append(_frustum_boxes(u - 0.5, u + 0.5, v - 0.5, v + 0.5, d, d, intrinsics, R, t,
+        boxes.append(_frustum_boxes(u - 0.5, u + 0.5, v - 0.5, v + 0.5, d, d, intrinsics, T_map_camera,
                                     truncation_m, block_m))
     lo = torch.cat([b[0] for b in boxes])
     hi = torch.cat([b[1] for b in boxes])
@@ -75,7 +74,7 @@ def band_blocks(
 def _frustum_boxes(
     u0: torch.Tensor, u1: torch.Tensor, v0: torch.Tensor, v1: torch.Tensor,
     d_min: torch.Tensor, d_max: torch.Tensor,
-    intrinsics: CameraIntrinsics, R: torch.Tensor, t: torch.Tensor, truncation_m: float, block_m: float,
+    intrinsics: CameraIntrinsics, T_map_camera: np.ndarray, truncation_m: float, block_m: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-index boxes (lo, hi: int64 (N, 3), inclusive) around the frustum pieces of pixel rectangles.
 
@@ -87,10 +86,10 @@ def _frustum_boxes(
     ys = ((v0 - intrinsics.cy) / intrinsics.fy, (v1 - intrinsics.cy) / intrinsics.fy)
     lo, hi = [], []
     for k in range(3):
-        r0, r1, r2 = float(R[k, 0]), float(R[k, 1]), float(R[k, 2])
+        r0, r1, r2 = (float(T_map_camera[k, j]) for j in range(3))
         ray = torch.stack([x * r0 + y * r1 + r2 for x in xs for y in ys], dim=1)  # (N, 4) world axis k
         lowest, highest = ray.min(dim=1).values, ray.max(dim=1).values
-        origin = float(t[k]) / block_m
+        origin = float(T_map_camera[k, 3]) / block_m
         low = torch.minimum(lowest * near, lowest * far) + origin
         high = torch.maximum(highest * near, highest * far) + origin
         lo.append(torch.floor(low))
@@ -110,19 +109,17 @@ def unique_blocks_in_boxes(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     span = (hi - lo).max(dim=0).values
     lo, hi = lo - base, hi - base
     nx, ny, nz = (int(v) for v in dims)
-    sx, sy, sz = (int(v) for v in span)
-    offsets = [(i, j, k) for i in range(sx + 1) for j in range(sy + 1) for k in range(sz + 1)]
-
-    def corner(axis: int, step: int) -> torch.Tensor:
-        return torch.minimum(lo[:, axis] + step, hi[:, axis])
-
-    if math.prod((nx, ny, nz)) <= MAX_SCRATCH_CELLS:
+    # per axis, the box's coordinate at each step from lo (clamped at hi: narrow boxes repeat a value)
+    steps = [[torch.minimum(lo[:, a] + i, hi[:, a]) for i in range(int(span[a]) + 1)] for a in range(3)]
+    if nx * ny * nz <= MAX_SCRATCH_CELLS:
         grid = torch.zeros(nx * ny * nz, dtype=torch.bool, device=lo.device)
-        for i, j, k in offsets:
-            grid[(corner(0, i) * ny + corner(1, j)) * nz + corner(2, k)] = True
+        rows = [x * (ny * nz) + y * nz for x in steps[0] for y in steps[1]]
+        for row in rows:
+            for z in steps[2]:
+                grid[row + z] = True
         flat = grid.nonzero().squeeze(1)
         points = torch.stack([flat // (ny * nz), (flat // nz) % ny, flat % nz], dim=1)
     else:
-        corners = [torch.stack([corner(0, i), corner(1, j), corner(2, k)], dim=1) for i, j, k in offsets]
+        corners = [torch.stack([x, y, z], dim=1) for x in steps[0] for y in steps[1] for z in steps[2]]
         points = torch.unique(torch.cat(corners), dim=0)
     return points + base

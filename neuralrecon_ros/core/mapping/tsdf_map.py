@@ -156,13 +156,10 @@ class TSDFMap:
             raise MapInputError(f"need 0 <= min_depth_m < max_depth_m, got {min_depth_m} and {max_depth_m}")
         if not max_weight >= 1.0:
             raise MapInputError(f"max_weight must be >= 1, got {max_weight}")
-        R = torch.as_tensor(T[:3, :3], dtype=torch.float32, device=self.device)
-        t = torch.as_tensor(T[:3, 3], dtype=torch.float32, device=self.device)
-
         valid = (depth_t >= min_depth_m) & (depth_t <= max_depth_m)  # NaN compares False
         depth_t = torch.where(valid, depth_t, torch.zeros((), device=self.device))
         block_coords = band_blocks(
-            depth_t, valid, intrinsics, R, t, self.truncation_m, self.voxel_size * self.block_size)
+            depth_t, valid, intrinsics, T, self.truncation_m, self.voxel_size * self.block_size)
         if len(block_coords) == 0:
             return MapUpdate(frames_integrated=1)
         check_block_range(block_coords)
@@ -170,7 +167,7 @@ class TSDFMap:
         slots = self._allocate_keys(pack_keys(block_coords))
         if color_t is not None and self._color is None:
             self._color = torch.zeros((*self._tsdf.shape, 3), dtype=torch.uint8, device=self.device)
-        observed = self._fuse(slots, block_coords, depth_t, color_t, intrinsics, R, t, float(max_weight))
+        observed = self._fuse(slots, block_coords, depth_t, color_t, intrinsics, T, float(max_weight))
         new = slots >= first_new
         if bool((new & ~observed).any()):  # the band's bounding boxes over-cover a little: free those blocks
             self._truncate_new_blocks(first_new, torch.sort(slots[new & observed]).values)
@@ -183,16 +180,18 @@ class TSDFMap:
         depth: torch.Tensor,
         color: torch.Tensor | None,
         intrinsics: CameraIntrinsics,
-        R: torch.Tensor,
-        t: torch.Tensor,
+        T_map_camera: np.ndarray,
         max_weight: float,
     ) -> torch.Tensor:
         """Projective update of every voxel of ``slots``; returns bool (K,) 'block got an observation'."""
         B, vs, trunc = self.block_size, self.voxel_size, self.truncation_m
         H, W = intrinsics.height, intrinsics.width
-        # camera coordinates R^T (p - t) as block origin + local offset: no (K*B^3, 3) matmul
-        origin_cam = (block_coords.to(torch.float64) * (B * vs) - t.double()).to(torch.float32) @ R
-        local_cam = (self._local.to(torch.float32) * vs) @ R
+        R = torch.as_tensor(T_map_camera[:3, :3], dtype=torch.float64, device=self.device)
+        t = torch.as_tensor(T_map_camera[:3, 3], dtype=torch.float64, device=self.device)
+        # camera coordinates R^T (p - t) as block origin (float64: far from the origin) + local offset,
+        # which also avoids a (K*B^3, 3) matmul
+        origin_cam = ((block_coords.to(torch.float64) * (B * vs) - t) @ R).to(torch.float32)
+        local_cam = ((self._local.to(torch.float64) * vs) @ R).to(torch.float32)
         p = origin_cam[:, None, :] + local_cam[None, :, :]  # (K, B^3, 3)
         z = p[..., 2]
         in_front = z > 1e-6
@@ -214,13 +213,14 @@ class TSDFMap:
             K, B, B, B)
         new_weight = torch.where(update, new_weight.clamp_(max=max_weight), weight)
         self._weight[slots] = new_weight.reshape(K, B, B, B)
-        if color is not None:
+        if color is not None:  # only the updated voxels: typically well under half of the blocks' voxels
             assert self._color is not None
-            old = self._color[slots].reshape(K, -1, 3).to(torch.float32)
-            seen = color.reshape(-1, 3)[pixel].to(torch.float32)
-            mixed = (old * weight[..., None] + seen) / (weight[..., None] + 1.0)
-            self._color[slots] = torch.where(update[..., None], mixed.round_(), old).to(torch.uint8).reshape(
-                K, B, B, B, 3)
+            block, voxel = update.nonzero(as_tuple=True)
+            flat = self._color.view(-1, 3)
+            index = slots[block] * B**3 + voxel
+            w = weight[block, voxel][:, None]
+            seen = color.reshape(-1, 3)[pixel[block, voxel]].to(torch.float32)
+            flat[index] = ((flat[index].to(torch.float32) * w + seen) / (w + 1.0)).round_().to(torch.uint8)
         return update.any(dim=1)
 
     # ------------------------------------------------------------------ direct voxel access
@@ -385,6 +385,9 @@ class TSDFMap:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: str | torch.device = "cpu") -> TSDFMap:
         """A new map with the geometry and contents of ``state`` (from :meth:`state_dict`)."""
+        missing = {"voxel_size", "block_size", "truncation_distance_vox"} - set(state)
+        if missing:
+            raise MapInputError(f"map state lacks {sorted(missing)}")
         config = MapConfig(
             voxel_size=float(state["voxel_size"]),
             block_size=int(state["block_size"]),
@@ -400,12 +403,14 @@ class TSDFMap:
         missing = {"voxel_size", "block_size", "block_coords", "tsdf", "weight"} - set(state)
         if missing:
             raise MapInputError(f"map state lacks {sorted(missing)}")
-        if int(state["block_size"]) != self.block_size or not math.isclose(
-                float(state["voxel_size"]), self.voxel_size, rel_tol=1e-9):
+        truncation = float(state.get("truncation_distance_vox", self.config.truncation_distance_vox))
+        if (int(state["block_size"]) != self.block_size
+                or not math.isclose(float(state["voxel_size"]), self.voxel_size, rel_tol=1e-9)
+                or not math.isclose(truncation, self.config.truncation_distance_vox, rel_tol=1e-9)):
             raise MapInputError(
-                f"map state has voxel_size {state['voxel_size']} / block_size {state['block_size']}, "
-                f"this map "
-                f"{self.voxel_size} / {self.block_size}; build the map with TSDFMap.from_state_dict")
+                f"map state has voxel_size {state['voxel_size']}, block_size {state['block_size']}, "
+                f"truncation_distance_vox {truncation}; this map has {self.voxel_size}, {self.block_size}, "
+                f"{self.config.truncation_distance_vox}; build the map with TSDFMap.from_state_dict")
         B = self.block_size
         coords = torch.as_tensor(state["block_coords"], dtype=torch.int64).to(self.device)
         M = len(coords)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from .gru_fusion import CHANNELS, GRUFusion
 from .projection import N_LEVELS, N_VOX, VOXEL_SIZE, FragmentGeometry, affine_f32, voxel_positions_f32
 from .sparse import PointTensor
 from .spvcnn import SPVCNN
+
+log = logging.getLogger("neuralrecon_ros")
 
 #: back-projected feature widths per level (coarse first): backbone channels + normalised depth
 BACKPROJECTED = (80 + 1, 40 + 1, 24 + 1)
@@ -104,5 +107,8 @@ class NeuConNet(nn.Module):
             coords = fused_coords[keep]
             feats = torch.cat([feats[keep], tsdf[keep, None], occ[keep, None]], dim=1)
             if len(coords) == 0:
+                # upstream's "no valid points" case: usually poses that are not metric, or a floor far from z = 0
+                log.warning("NeuralRecon: no voxel of level %d was predicted occupied; the fragment changes "
+                            "nothing (check pose scale and the floor height of the world frame)", level)
                 return None
         return Prediction(coords, tsdf[keep])

@@ -63,7 +63,7 @@ def prepare_images(frames: list[Frame], device: torch.device | str = "cpu") -> t
                 f"frame {frame.index}: image is {image.shape[1]}x{image.shape[0]} but its intrinsics are for "
                 f"{frame.intrinsics.width}x{frame.intrinsics.height}"
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+        tensor = torch.tensor(image, device=device).permute(2, 0, 1)[None].float()  # copies (frames may be read-only)
         if image.shape[:2] != (height, width):
             tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False,
                                    antialias=True)

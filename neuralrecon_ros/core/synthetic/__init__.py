@@ -13,6 +13,7 @@ from .raycast import MISS, RenderError, cast_rays, render
 from .scene import Scene, SceneConfig, SceneError, generate_scene
 from .sequence import OPTICAL_FRAME_ID, SyntheticSequence, default_intrinsics, make_sequence
 from .texture import Material
+from .visibility import observed_mesh, observed_vertices
 from .trajectory import (
     T_BODY_OPTICAL,
     CameraMount,
@@ -44,5 +45,7 @@ __all__ = [
     "generate_scene",
     "generate_trajectory",
     "make_sequence",
+    "observed_mesh",
+    "observed_vertices",
     "render",
 ]

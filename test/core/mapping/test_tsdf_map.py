@@ -288,3 +288,23 @@ def test_bad_inputs_raise_clear_errors():
         tsdf_map.set_voxels(np.array([[2**40, 0, 0]]), np.zeros(1))
     with pytest.raises(MapInputError, match="voxel_size"):
         TSDFMap(MapConfig(voxel_size=-1.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_map_matches_cpu_map():
+    from neuralrecon_ros.core.mapping.meshing import extract_mesh
+
+    maps = [make_map(), TSDFMap(MapConfig(voxel_size=VS), device="cuda")]
+    for T in room_poses(4, seed=2):
+        depth = render_room(T, K_SMALL)
+        image = np.full((K_SMALL.height, K_SMALL.width, 3), 90, np.uint8)
+        for tsdf_map in maps:
+            tsdf_map.integrate_depth(depth, K_SMALL, T, image, max_depth_m=10.0)
+    cpu_coords, cpu_tsdf, cpu_weight = maps[0].voxels()
+    gpu_coords = maps[1].voxels()[0]
+    tsdf, weight = maps[1].get_voxels(cpu_coords)
+    # float rounding may move a handful of voxels to a neighbouring pixel; everything else agrees
+    same = (weight == cpu_weight) & (np.abs(tsdf - cpu_tsdf) < 1e-4)
+    assert same.mean() > 0.999 and abs(len(gpu_coords) - len(cpu_coords)) < 0.001 * len(cpu_coords)
+    cpu_mesh, gpu_mesh = (extract_mesh(m) for m in maps)
+    assert abs(len(gpu_mesh.faces) - len(cpu_mesh.faces)) <= 0.005 * len(cpu_mesh.faces)

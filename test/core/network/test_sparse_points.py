@@ -197,3 +197,42 @@ def test_bad_point_input_is_rejected() -> None:
     z = PointTensor(torch.zeros(2, 1), torch.tensor([[0.0, 0.0, float("nan"), 0.0], [1.0, 1.0, 1.0, 0.0]]))
     with pytest.raises(CoordinateError, match="finite"):
         initial_voxelize(z)
+
+
+def test_corners_from_kernel_map_equal_direct_search() -> None:
+    """Once the family has the kernel-3 map, corners come from it; they must equal a direct search,
+    including points whose base voxel is missing."""
+    gen = torch.Generator().manual_seed(4)
+    pts = torch.rand(600, 3, generator=gen) * 16.0 - 8.0
+    points = torch.cat([pts, torch.zeros(600, 1)], dim=1)
+    for stride in (1, 2):
+        cells = torch.unique(torch.floor(pts[:300] / stride).int() * stride, dim=0)  # half the points' voxels
+        coords = torch.cat([cells, torch.zeros(cells.shape[0], 1, dtype=torch.int32)], dim=1)
+        coords = coords[torch.randperm(coords.shape[0], generator=gen)]  # not in sorted order
+        feats = torch.randn(coords.shape[0], 3, generator=gen)
+        plain = SparseTensor(feats, coords, stride)
+        searched = PointTensor(torch.zeros(600, 1), points.clone())
+        direct = voxel_to_point(plain, searched)
+        with_map = SparseTensor(feats, coords, stride)
+        sparse.sparse_conv3d(with_map, torch.zeros(27, 3, 1), 3)  # builds the family's kernel-3 map
+        mapped = PointTensor(torch.zeros(600, 1), points.clone())
+        via_map = voxel_to_point(with_map, mapped)
+        assert torch.equal(mapped.devox_cache[stride][0], searched.devox_cache[stride][0])
+        assert bool((mapped.devox_cache[stride][0][:, 0] == -1).any())  # some base voxels were missing
+        torch.testing.assert_close(via_map, direct, rtol=0, atol=0)
+
+
+def test_empty_inputs_give_empty_outputs() -> None:
+    z = PointTensor(torch.zeros(0, 3), torch.zeros(0, 4))
+    x = initial_voxelize(z, 0.5)
+    assert x.num_voxels == 0 and x.feats.shape == (0, 3)
+    torch.manual_seed(0)
+    y = sparse.SparseConv3d(3, 4, 3)(x)
+    down = sparse.SparseConv3d(4, 4, 2, 2)(y)
+    up = sparse.SparseConv3d(4, 2, 2, 2, transposed=True)(down)
+    assert (y.feats.shape, down.feats.shape, up.feats.shape) == ((0, 4), (0, 4), (0, 2))
+    assert down.coords.shape == (0, 4) and down.stride == 2
+    assert voxel_to_point(y, z).shape == (0, 4)
+    others = PointTensor(torch.ones(2, 4), torch.rand(2, 4))
+    assert torch.equal(voxel_to_point(y, others), torch.zeros(2, 4))
+    assert point_to_voxel(y, others).feats.shape == (0, 4)

@@ -12,6 +12,7 @@ import torch
 from neuralrecon_ros.core.network import sparse
 from neuralrecon_ros.core.network.sparse import (
     BackendError,
+    KernelMapError,
     PointTensor,
     SparseConv3d,
     SparseTensor,
@@ -128,3 +129,11 @@ def test_set_backend_choices() -> None:
     assert sparse.set_backend("torch") == "torch"
     with pytest.raises(BackendError, match="unknown sparse backend"):
         sparse.set_backend("minkowski")
+
+
+def test_adapter_transposed_without_down_conv_is_named_error() -> None:
+    sparse.set_backend("torchsparse")
+    coords = torch.tensor([[0, 0, 0, 0], [2, 0, 0, 0], [0, 2, 2, 0]], dtype=torch.int32)
+    x = SparseTensor(torch.randn(3, 2), coords, stride=2)
+    with pytest.raises(KernelMapError, match="matching down conv"):
+        SparseConv3d(2, 2, 2, 2, transposed=True)(x)

@@ -81,8 +81,8 @@ class CoordinatePacker:
     @classmethod
     def around(cls, coords: torch.Tensor, margin: int = 0) -> CoordinatePacker:
         """Packer for the bounding box of int (N, 4) ``coords`` grown by ``margin`` on each spatial side."""
-        if coords.shape[0] == 0:
-            raise CoordinateError("cannot pack an empty coordinate set (0 voxels)")
+        if coords.shape[0] == 0:  # nothing to pack; any box works (queries then find nothing)
+            return cls([0, 0, 0, 0], [0, 0, 0, 0], coords.device)
         lo = coords.amin(dim=0).tolist()
         hi = coords.amax(dim=0).tolist()
         margin = int(margin)
@@ -116,7 +116,8 @@ class CoordinatePacker:
         """Key difference of integer (K, 3) spatial offsets -> int64 (K,)."""
         offsets = offsets.to(device=self.device, dtype=torch.int64)
         sx, sy, sz, _ = self._shifts
-        return (offsets[:, 0] << sx) + (offsets[:, 1] << sy) + (offsets[:, 2] << sz)
+        # multiply rather than shift: offsets can be negative
+        return offsets[:, 0] * (1 << sx) + offsets[:, 1] * (1 << sy) + offsets[:, 2] * (1 << sz)
 
 
 class CoordinateIndex:
@@ -137,12 +138,16 @@ class CoordinateIndex:
 
     def search_keys(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(position in the sorted keys, found mask) of int64 keys of any shape."""
+        if self.size == 0:
+            return torch.zeros_like(keys), torch.zeros_like(keys, dtype=torch.bool)
         pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=self.size - 1)
         return pos, self.sorted_keys[pos] == keys
 
     def find_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """Row index (into the reference coords) of each key, -1 where absent. Any shape."""
         pos, found = self.search_keys(keys)
+        if self.size == 0:
+            return torch.full_like(pos, -1)
         return torch.where(found, self.order[pos], torch.full_like(pos, -1))
 
     def find(self, coords: torch.Tensor) -> torch.Tensor:

@@ -143,6 +143,10 @@ def build_submanifold_map(
     offsets = kernel_offsets(kernel_size, stride, device)
     volume = offsets.shape[0]
     centre = volume // 2
+    if n == 0:
+        return SubmanifoldMap(
+            torch.zeros((volume, 0), dtype=torch.int32, device=device), [0] * volume, None, None
+        )
     # Work in "sorted space" (column j = the voxel with the j-th smallest key): the queries of one
     # offset are then ascending too, which keeps the binary searches cache friendly.
     queries = index.sorted_keys[None, :] + index.packer.offset_delta(offsets[:centre])[:, None]

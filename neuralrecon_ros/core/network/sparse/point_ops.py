@@ -58,8 +58,6 @@ def initial_voxelize(z: PointTensor, voxel_size: float = 1.0, point_size: float 
 
         return torchsparse_adapter.initial_voxelize(z, voxel_size, point_size)
     scaled = torch.cat([(z.coords[:, :3] * point_size) / voxel_size, z.coords[:, 3:]], dim=1)
-    if scaled.shape[0] == 0:
-        raise CoordinateError("initial_voxelize needs at least one point")
     cells = _floor_to_int(scaled, 1)
     packer = CoordinatePacker.around(cells)
     unique_keys, inverse = torch.unique(packer.pack(cells), sorted=True, return_inverse=True)

@@ -18,6 +18,7 @@ import torchsparse.nn.functional as ts_functional
 from torchsparse.nn.utils import get_kernel_offsets
 
 from .conv import conv_kind
+from .errors import KernelMapError
 from .tensor import KernelMapCache, PointTensor, SparseTensor
 
 
@@ -39,13 +40,19 @@ def conv3d(
     x: SparseTensor, kernel: torch.Tensor, kernel_size: int, stride: int, transposed: bool
 ) -> SparseTensor:
     conv_kind(kernel_size, stride, transposed)  # same supported set as the torch backend
-    out = ts_functional.conv3d(
-        to_torchsparse(x),
-        kernel.to(x.feats.dtype),
-        kernel_size=kernel_size,
-        stride=stride,
-        transposed=transposed,
-    )
+    try:
+        out = ts_functional.conv3d(
+            to_torchsparse(x),
+            kernel.to(x.feats.dtype),
+            kernel_size=kernel_size,
+            stride=stride,
+            transposed=transposed,
+        )
+    except KeyError as missing:  # torchsparse looks the down conv's map up by key
+        raise KernelMapError(
+            f"transposed conv on a stride-{x.stride} tensor needs the kernel map of the matching down conv "
+            f"run through torchsparse in the same family (missing {missing})"
+        ) from None
     # Take the coordinates from cmaps: torchsparse 1.4 returns the INPUT coords when a down conv reuses
     # a cached kernel map, but cmaps always holds the coordinate set of each stride.
     out_stride = out.stride[0]
