@@ -31,8 +31,10 @@ class UserError(Exception):
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from .core.geometry import PoseError
     from .io.bags import BagError
+    from .io.map_file import MapFileError
 
-    types: list[type[BaseException]] = [UserError, ParameterError, OutputError, PoseError, BagError]
+    types: list[type[BaseException]] = [
+        UserError, ParameterError, OutputError, PoseError, BagError, MapFileError]
     try:
         from .core.network.checkpoint import CheckpointError
 
@@ -144,19 +146,27 @@ def write_scene(sequence: Any, output: Path, **bag_options: Any) -> dict[str, Pa
 
 def cmd_replay(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
-    summary = run_replay(Path(args.bag), Path(args.output), params, progress=not args.no_progress)
+    summary = run_replay(Path(args.bag), Path(args.output), params, progress=not args.no_progress,
+                         load_map=Path(args.load_map) if args.load_map else None)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def run_replay(bag: Path, output: Path, params: NodeParameters, progress: bool = True) -> dict[str, Any]:
-    """Replay ``bag`` through the node logic; write mesh.ply, summary.json and output.mcap into ``output``."""
+def run_replay(
+    bag: Path, output: Path, params: NodeParameters, progress: bool = True, load_map: Path | None = None
+) -> dict[str, Any]:
+    """Replay ``bag`` through the node logic; write mesh.ply, summary.json and output.mcap into ``output``.
+
+    ``load_map``: a map file (``io.map_file``) to continue: the bag is integrated on top of it.
+    """
+    from .io.map_file import load_map_into
     from .io.ply import write_ply
     from .node.bag_transport import replay_bag
     from .node.pipeline_factory import build_pipeline
 
     output = _prepare_output_dir(output)
     pipeline = build_pipeline(params)
+    loaded = load_map_into(pipeline, load_map, frame_id=params.global_frame) if load_map else None
     result = replay_bag(bag, output, params, pipeline, progress=progress)
     mesh = pipeline.mesh()
     mesh_path = output / "mesh.ply"
@@ -170,11 +180,14 @@ def run_replay(bag: Path, output: Path, params: NodeParameters, progress: bool =
         "fragments": result.counts.get("fragments", 0),
         "dropped": dict(sorted(result.dropped.items())),
         "timings_ms": {
-            stage: {key: round(value, 3) for key, value in stats.items() if key in ("median", "p95", "total")}
-            for stage, stats in pipeline.timer.summary().items()
+            "integrate": None, "mesh_update": None, "network": None,  # listed even when a mode lacks one
+            **{stage: {k: round(v, 3) for k, v in stats.items() if k in ("median", "p95", "total")}
+               for stage, stats in pipeline.timer.summary().items()},
         },
+        "frames_per_integrate_call": pipeline.frames_per_integrate_call,
         "mesh": {"path": str(mesh_path), "vertices": len(mesh.vertices), "faces": len(mesh.faces)},
         "map_blocks": pipeline.tsdf_map.num_blocks,
+        "loaded_map": None if loaded is None else {"path": str(load_map), "blocks": loaded.num_blocks},
         "output_bag": str(result.output_bag) if result.output_bag else None,
         "errors": list(result.errors),
     }
@@ -224,6 +237,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train or fine-tune NeuralRecon on synthetic rooms, ScanNet-layout folders and bags (docs/training.md)."""
+    import yaml
+
+    from .core.training.datasets import DatasetError
+    from .core.training.targets import TargetError
+    from .core.training.trainer import Trainer, training_config_from_mapping
+    from .io.training_cache import TrainingCacheError, training_scenes
+
+    values: dict[str, Any] = {}
+    if args.config:
+        try:
+            loaded = yaml.safe_load(Path(args.config).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserError(f"cannot read training config {args.config}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"training config {args.config} must be a mapping of option: value")
+        values.update(loaded)
+    values.update(parse_overrides(args.params))
+    config = training_config_from_mapping(values)
+    output = _prepare_output_dir(args.output)
+    atomic_write_text(output / "training_config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
+    try:
+        train, val = training_scenes(config, Path(config.cache_dir) if config.cache_dir else output / "cache",
+                                     progress=not args.no_progress)
+    except (DatasetError, TargetError, TrainingCacheError) as exc:
+        raise UserError(str(exc)) from None
+    trainer = Trainer(config, train, val, output, progress=not args.no_progress, write_text=atomic_write_text)
+    resumed = args.resume and trainer.resume()
+    if not resumed and config.init_checkpoint:
+        trainer.load_initial_weights(config.init_checkpoint)
+    result = trainer.run()
+    print(json.dumps({"output": str(output), "epoch": trainer.epoch, "steps": trainer.global_step,
+                      "train_time_s": round(trainer.train_time_s, 1),
+                      "validation": {k: v for k, v in result.items() if k != "scenes"}}, indent=2))
+    return 0
+
+
 def _prepare_output_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
@@ -263,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bag", metavar="BAG")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--load-map", metavar="FILE", help="continue a saved map file: integrate the bag on top")
     add_parameter_arguments(p)
     p.set_defaults(func=cmd_replay)
 
@@ -280,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     add_parameter_arguments(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train or fine-tune NeuralRecon from synthetic rooms, ScanNet folders, bags")
+    p.add_argument("--config", metavar="FILE", help="training options (YAML mapping; see docs/training.md)")
+    p.add_argument("-p", "--param", dest="params", action="append", metavar="NAME:=VALUE", default=[],
+                   help="override one training option (repeatable)")
+    p.add_argument("--output", required=True, metavar="DIR", help="checkpoints, metrics.jsonl, cache")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("params", help="print the commented parameter file (with --config/-p applied)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")

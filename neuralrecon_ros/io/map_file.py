@@ -16,6 +16,7 @@ import math
 import os
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from .. import __version__
 from ..core.geometry import PoseError, check_rigid
 from ..core.mapping.keys import BlockRangeError, check_block_range, pack_keys
-from ..core.mapping.memory import BlockData, merge_blocks
+from ..core.mapping.memory import BlockData, union_blocks
 from ..core.mapping.tsdf_map import MapInputError, TSDFMap
 from ..core.pipeline import ReconstructionPipeline
 from .atomic import atomic_write
@@ -117,7 +118,7 @@ def save_map(
     elif isinstance(source, TSDFMap):
         state, T, offloaded = source.state_dict(), T_global_map, 0
     else:
-        raise MapFileError(f"save_map needs a ReconstructionPipeline or a TSDFMap, got {type(source).__name__}")
+        raise MapFileError(f"save_map needs a pipeline or a TSDFMap, got {type(source).__name__}")
     try:
         T = check_rigid(np.eye(4) if T is None else T, "T_global_map")
     except PoseError as exc:
@@ -165,33 +166,10 @@ def _with_offloaded(state: dict[str, Any], offloaded: BlockData) -> dict[str, An
     """The map state plus offloaded blocks (a block in both is merged, as restoring it would do)."""
     if len(offloaded) == 0:
         return state
-    coords = state["block_coords"].numpy()
-    B = int(state["block_size"])
-    in_map = {key: row for row, key in enumerate(pack_keys(coords).tolist())}
-    rows = np.array([in_map.get(k, -1) for k in pack_keys(offloaded.coords).tolist()], dtype=np.int64)
-    tsdf, weight, color = state["tsdf"].clone(), state["weight"].clone(), state["color"]
-    if color is None and offloaded.color is not None:
-        color = torch.zeros((len(coords), B, B, B, 3), dtype=torch.uint8)
-    off_color = offloaded.color
-    if off_color is None and color is not None:
-        off_color = torch.zeros((len(offloaded), B, B, B, 3), dtype=torch.uint8)
-    both = np.flatnonzero(rows >= 0)
-    if len(both):
-        index = torch.as_tensor(rows[both])
-        mine = BlockData(coords[rows[both]], tsdf[index], weight[index], None if color is None else color[index])
-        merged = merge_blocks(mine, BlockData(offloaded.coords[both], offloaded.tsdf[both],
-                                              offloaded.weight[both], None if off_color is None else off_color[both]))
-        tsdf[index], weight[index] = merged.tsdf, merged.weight
-        if color is not None and merged.color is not None:
-            color[index] = merged.color
-    only = torch.as_tensor(np.flatnonzero(rows < 0))
-    return {
-        **state,
-        "block_coords": torch.cat([state["block_coords"], torch.as_tensor(offloaded.coords)[only]]),
-        "tsdf": torch.cat([tsdf, offloaded.tsdf[only]]),
-        "weight": torch.cat([weight, offloaded.weight[only]]),
-        "color": None if color is None else torch.cat([color, off_color[only]]),  # type: ignore[index]
-    }
+    in_map = BlockData(state["block_coords"].numpy(), state["tsdf"], state["weight"], state["color"])
+    blocks = union_blocks(in_map, offloaded)
+    return {**state, "block_coords": torch.from_numpy(blocks.coords), "tsdf": blocks.tsdf,
+            "weight": blocks.weight, "color": blocks.color}
 
 
 def _encode_tree(value: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -200,11 +178,12 @@ def _encode_tree(value: Any, where: str, arrays: dict[str, np.ndarray]) -> dict[
     if isinstance(value, (torch.Tensor, np.ndarray)):
         name = f"reconstructor/{len(arrays):04d}.npy"
         try:
-            arrays[name] = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
         except TypeError as exc:  # e.g. bfloat16 has no numpy dtype
             raise MapFileError(f"cannot save {where}: {exc}") from None
-        if arrays[name].dtype.hasobject:
+        if array.dtype.hasobject:
             raise MapFileError(f"cannot save {where}: object arrays are not supported")
+        arrays[name] = array
         return {"tensor" if isinstance(value, torch.Tensor) else "ndarray": name}
     if isinstance(value, dict):
         if not all(isinstance(k, str) for k in value):
@@ -228,12 +207,13 @@ def load_map(path: str | os.PathLike) -> MapSnapshot:
     """Read and validate a map file; raises :class:`MapFileError` naming the problem."""
     path = Path(path)
     if not path.is_file():
-        raise MapFileError(f"map file {path} does not exist" if not path.exists() else f"{path} is not a file")
+        raise MapFileError(f"map file {path} does not exist" if not path.exists() else f"{path} is no file")
     try:
         with zipfile.ZipFile(path) as archive:
             return _read(archive, path)
     except zipfile.BadZipFile as exc:
-        raise MapFileError(f"{path} is not a readable neuralrecon_ros map (corrupt or truncated: {exc})") from None
+        raise MapFileError(
+            f"{path} is no neuralrecon_ros map file, or it is corrupt or truncated ({exc})") from None
     except (zlib.error, EOFError, OSError) as exc:
         raise MapFileError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
 
@@ -264,7 +244,8 @@ def _read(archive: zipfile.ZipFile, path: Path) -> MapSnapshot:
         T = check_rigid(np.asarray(header["T_global_map"], dtype=np.float64), "T_global_map")
     except (KeyError, TypeError, ValueError) as exc:  # PoseError is a ValueError
         raise fail(f"header is incomplete or malformed ({type(exc).__name__}: {exc})") from None
-    if not (math.isfinite(voxel_size) and voxel_size > 0 and block_size >= 2 and truncation >= 1 and num_blocks >= 0):
+    if not (math.isfinite(voxel_size) and voxel_size > 0 and block_size >= 2 and truncation >= 1
+            and num_blocks >= 0):
         raise fail(f"invalid geometry: voxel_size {voxel_size}, block_size {block_size}, "
                    f"truncation_distance_vox {truncation}, num_blocks {num_blocks}")
 
@@ -311,7 +292,7 @@ def _read(archive: zipfile.ZipFile, path: Path) -> MapSnapshot:
     )
 
 
-def _check_values(state: dict[str, Any], fail: Any) -> None:
+def _check_values(state: dict[str, Any], fail: Callable[[str], MapFileError]) -> None:
     tsdf, weight, coords = state["tsdf"], state["weight"], state["block_coords"]
     if not bool(torch.isfinite(tsdf).all()) or bool((tsdf.abs() > 1).any()):
         raise fail("TSDF values are not all finite and within [-1, 1]")
@@ -325,7 +306,9 @@ def _check_values(state: dict[str, Any], fail: Any) -> None:
         raise fail("a block coordinate is listed more than once")
 
 
-def _decode_tree(node: Any, read_array: Any, fail: Any) -> Any:
+def _decode_tree(
+    node: Any, read_array: Callable[[str], np.ndarray], fail: Callable[[str], MapFileError]
+) -> Any:
     if not isinstance(node, dict) or len(node) != 1:
         raise fail(f"malformed reconstructor_state entry {node!r}")
     kind, value = next(iter(node.items()))
@@ -346,7 +329,9 @@ def _decode_tree(node: Any, read_array: Any, fail: Any) -> Any:
 # ------------------------------------------------------------------------------------------ using
 
 
-def check_compatible(snapshot: MapSnapshot, pipeline: ReconstructionPipeline, frame_id: str | None = None) -> None:
+def check_compatible(
+    snapshot: MapSnapshot, pipeline: ReconstructionPipeline, frame_id: str | None = None
+) -> None:
     """Raise :class:`MapFileError` unless ``snapshot`` can continue in ``pipeline``: same voxel size, block
     size and truncation, same ``T_global_map`` (world-convention parameters) and, when both name one, the
     same frame."""
@@ -356,7 +341,8 @@ def check_compatible(snapshot: MapSnapshot, pipeline: ReconstructionPipeline, fr
         problems.append(f"voxel_size {snapshot.voxel_size} (running: {config.voxel_size})")
     if snapshot.block_size != int(config.block_size):
         problems.append(f"block_size {snapshot.block_size} (running: {config.block_size})")
-    if not math.isclose(snapshot.truncation_distance_vox, float(config.truncation_distance_vox), rel_tol=1e-9):
+    truncation = float(config.truncation_distance_vox)
+    if not math.isclose(snapshot.truncation_distance_vox, truncation, rel_tol=1e-9):
         problems.append(f"truncation_distance_vox {snapshot.truncation_distance_vox} "
                         f"(running: {config.truncation_distance_vox})")
     if not np.allclose(snapshot.T_global_map, pipeline.T_global_map, rtol=0.0, atol=1e-9):
@@ -383,8 +369,8 @@ def load_map_into(
     reconstructor = pipeline.reconstructor
     if recurrent is not None and (snapshot.reconstructor != reconstructor.name
                                   or not callable(getattr(reconstructor, "load_state_dict", None))):
-        log.warning("map file %s: the recurrent state of reconstructor '%s' is not restored into '%s'; the "
-                    "map is", path, snapshot.reconstructor, reconstructor.name)
+        log.warning("map file %s: the recurrent state saved by reconstructor '%s' cannot be restored into "
+                    "'%s'; loading the map alone", path, snapshot.reconstructor, reconstructor.name)
         recurrent = None
     try:
         pipeline.load_map_state(snapshot.map_state, recurrent)

@@ -1,57 +1,83 @@
-"""Transport-agnostic node logic: messages in, posed frames to the pipeline, mesh markers out.
+"""Transport-agnostic node logic: messages in, posed frames to the reconstruction worker, outputs out.
 
 A transport (rclpy live, or a bag replay) owns subscriptions, timers and publishers and calls:
 
 - ``on_image`` / ``on_camera_info`` / ``on_depth`` / ``on_tf`` / ``on_odometry`` per message,
-- ``spin_once(now)`` on its timer tick (a bag replay: after every message),
-- ``finish()`` at the end.
+- ``spin_once(now)`` on its timer tick (a bag replay: after every message), ``now`` in seconds of the
+  transport's clock,
+- the services ``save_ply(path)``, ``save_map(path)``, ``load_map(path)``, ``reset()`` and
+  ``update_parameters(values)``, each returning ``(success, message)`` and never raising,
+- ``finish()`` at the end of input and ``close()`` before it goes away.
 
-Nothing here blocks. Images wait in a bounded, time-ordered queue until their camera_info (and
-depth, when the mode needs it) with the same stamp (or within ``approximate_sync_tolerance_s``)
-and their pose ``T_global_camera`` (TF lookup at the image stamp) are available. A frame waits at
-most ``max_wait_for_pose_s`` of *message time* (the newest stamp seen on any input, so a bag whose
-header stamps and recording clock differ behaves the same), then it is dropped. Frames reach the
-pipeline strictly in stamp order.
+Nothing here blocks on input. Images wait in a bounded, time-ordered queue until their camera_info (and
+depth, when the mode needs it) with the same stamp (or within ``approximate_sync_tolerance_s``) and
+their pose ``T_global_camera`` (TF lookup at the image stamp) are available. A frame waits at most
+``max_wait_for_pose_s`` of *message time* (the newest stamp seen on any input, so a bag whose header
+stamps and recording clock differ behaves the same), then it is dropped. Posed frames go to the
+:class:`~.worker.Worker` strictly in stamp order; it decodes them and runs the pipeline, on its own
+thread (``threaded=True``: the live node) or inline (the bag replay, tests). When it falls behind,
+``backlog_policy`` decides what is dropped (never a half-built fragment). Map outputs are computed on
+the worker too (:mod:`.outputs`); ``/diagnostics`` is published here (:mod:`.diagnostics`), rate-limited
+on the transport clock so it also reports when no input arrives at all.
 
-Not thread-safe: a transport calls it from one thread (rclpy: a single-threaded executor or a lock).
+Calls into one NodeLogic come from one thread at a time (rclpy: the transport's lock); the worker is
+the only other thread and touches only the pipeline and the map outputs.
 
 Every dropped message is counted by reason (:data:`DROP_REASONS`) and logged once per reason on the
-``neuralrecon_ros`` logger. Time going backwards by more than :data:`TIME_JUMP_BACK_S` (a looping
-bag, a restarted simulation) clears the TF history, the queue and the fragment under construction;
-the map is kept.
+``neuralrecon_ros`` logger. Time going backwards by more than :data:`TIME_JUMP_BACK_S` (a looping bag, a
+restarted simulation) drops the TF history, the queued and waiting frames and the fragment under
+construction; ``on_time_jump`` decides whether the map is cleared too ('reset') or kept ('warn').
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..core.config import ParameterError, config_fields
 from ..core.geometry import PoseError, check_rigid
-from ..core.pipeline import ReconstructionPipeline
-from ..core.tf_buffer import ConnectivityError, ExtrapolationError, TransformBuffer, TransformTreeError
+from ..core.keyframes import KeyframeConfig
+from ..core.mapping.config import DepthFusionConfig
+from ..core.mapping.products import ProductsConfig
+from ..core.pipeline import FrameResult, ReconstructionPipeline
+from ..core.tf_buffer import (
+    ConnectivityError,
+    ExtrapolationError,
+    TransformBuffer,
+    TransformLookupError,
+    TransformTreeError,
+)
 from ..core.types import CameraIntrinsics, Frame
+from ..io.map_file import MapFileError, load_map_into, save_map
 from ..io.messages import (
     COLOR_ENCODINGS,
     DEPTH_ENCODINGS,
     MessageError,
-    MessageTypes,
     UnsupportedEncodingError,
     camera_info_has_distortion,
     decode_camera_info,
     decode_compressed_image,
     decode_image,
-    encode_mesh_marker,
     header_stamp_ns,
     pose_to_matrix,
     stamp_to_ns,
     transform_to_matrix,
 )
-from .parameters import NODE_NAME, NodeParameters
+from ..io.ply import write_ply
+from .diagnostics import DiagnosticsReporter, NodeSample, PipelineStats, gather_pipeline_stats
+from .outputs import OUTPUTS, MapOutputs, Publisher, RateLimiter, output_topic_name
+from .parameters import NODE_NAME, NodeConfig, NodeParameters
+from .worker import Worker
+
+__all__ = ["DROP_REASONS", "OUTPUTS", "RUNTIME_PARAMETERS", "NodeLogic", "Publisher", "output_topic_name"]
 
 log = logging.getLogger("neuralrecon_ros")
 
@@ -71,37 +97,29 @@ DROP_REASONS: dict[str, str] = {
     "invalid_pose": "looked-up pose is not a finite rigid transform",
     "invalid_transform": "TF/odometry transform rejected (NaN, zero quaternion, loop)",
     "queue_full": "more frames waiting than maximum_input_queue_length (oldest dropped)",
-    "time_backwards": "image not newer than the last processed frame, or queued when time jumped back",
+    "time_backwards": "image not newer than the last processed frame, or waiting when time jumped back",
+    "backlog_full": "backlog_policy 'drop_oldest_keyframe': the oldest frame waiting for the worker",
+    "backlog_skip": "backlog_policy 'skip_fragment': frames waiting for the worker, dropped with their fragment",
+    "pipeline_error": "the reconstruction pipeline raised on the frame (logged)",
 }
 
+#: kinds of input message (the keys of :attr:`NodeLogic.received`)
+INPUT_KINDS = ("image", "camera_info", "depth", "odometry", "tf", "tf_static")
 
-class Publisher(Protocol):
-    """What the transport offers the logic: message classes and publishing by topic key."""
-
-    types: MessageTypes
-
-    def publish(self, topic_key: str, msg: Any) -> None: ...
-
-
-@dataclass(frozen=True)
-class OutputTopic:
-    key: str
-    msgtype: str
-    latched: bool  # transient_local, so late subscribers (RViz) get the last message
-    description: str
-
-
-#: everything the logic publishes; a transport creates these publishers up front
-OUTPUTS: tuple[OutputTopic, ...] = (
-    OutputTopic(
-        "mesh_marker", "visualization_msgs/msg/Marker", True, "the mesh in global_frame (TRIANGLE_LIST)"
-    ),
+#: parameters that update_parameters() may change while the node runs; everything else is start-up only
+RUNTIME_PARAMETERS = frozenset(
+    {f.name for group in (NodeConfig, ProductsConfig, DepthFusionConfig) for f in config_fields(group)}
+    | {"keyframe_min_translation_m", "keyframe_min_rotation_deg", "max_wait_for_pose_s",
+       "maximum_input_queue_length", "approximate_sync_tolerance_s"}
 )
 
 
-def output_topic_name(key: str, node_name: str = NODE_NAME) -> str:
-    """Absolute name of output ``key`` (the node's private ``~/key``)."""
-    return f"/{node_name}/{key}"
+class FrameRejected(Exception):
+    """The worker found a frame unusable (decoding, sizes); ``reason`` is a key of DROP_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 @dataclass
@@ -117,9 +135,30 @@ class _PendingFrame:
     def stamp(self) -> float:
         return self.stamp_ns * 1e-9
 
+    @property
+    def what(self) -> str:
+        return f"frame {self.index} (t={self.stamp:.6f})"
+
+
+@dataclass
+class _PosedFrame:
+    """A frame handed to the worker: its messages, its pose, and where the map-clearing centre is."""
+
+    entry: _PendingFrame
+    T_global_camera: np.ndarray
+    clearing_origin: np.ndarray | None = None  # global position of map_clearing_frame; None = the camera
+
 
 def _is_compressed(msg: Any) -> bool:
     return hasattr(msg, "format")
+
+
+def _decode(msg: Any) -> np.ndarray:
+    return decode_compressed_image(msg) if _is_compressed(msg) else decode_image(msg)
+
+
+class ServiceError(ValueError):
+    """A service request is unusable as given (empty path, a directory, ...)."""
 
 
 class NodeLogic:
@@ -130,34 +169,42 @@ class NodeLogic:
         params: NodeParameters,
         pipeline: ReconstructionPipeline,
         publisher: Publisher,
-        mesh_publish_period_s: float | None = None,
+        threaded: bool = False,
     ) -> None:
-        """``mesh_publish_period_s``: None publishes the mesh after every fragment; a period publishes
-        it at most that often (by the transport clock, ``spin_once(now)``) whenever the map changed."""
+        """``threaded``: run the pipeline on a worker thread (live); False runs it inline (deterministic)."""
         self.params = params
         self.pipeline = pipeline
         self.publisher = publisher
-        self.mesh_publish_period_s = mesh_publish_period_s
         self.needs_depth = bool(pipeline.needs_depth)
-        self.tf = TransformBuffer(cache_time_s=max(10.0, 4.0 * params.max_wait_for_pose_s))
+        self.tf = TransformBuffer(cache_time_s=self._tf_cache_time())
         self.dropped: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.frames_processed = 0
-        self.meshes_published = 0
         self.time_jumps = 0
+        self.outputs = MapOutputs(params, pipeline, publisher)
+        self.worker: Worker[_PosedFrame] = Worker(
+            self._run_frame, self._abandon_fragment, threaded=threaded,
+            maximum_backlog=params.maximum_backlog_length, policy=params.backlog_policy,
+        )
+        self.diagnostics = DiagnosticsReporter(NODE_NAME)
+        self.diagnostics_published = 0
+        self._diagnostics_limiter = RateLimiter()
+        self._stats: tuple[PipelineStats, dict[str, int], int] = (PipelineStats(), {}, 0)
         self._queue: list[_PendingFrame] = []
         self._infos: dict[int, CameraIntrinsics] = {}
         self._depths: dict[int, Any] = {}
         self._clock: float | None = None  # newest message stamp seen (s)
+        self._now: float | None = None  # the transport's clock at the last spin (s)
         self._next_index = 0
-        self._last_processed_ns: int | None = None
-        self._last_frame_stamp = 0.0
-        self._map_changed = False  # since the last mesh publication
-        self._fragment_closed = False
-        self._last_publish: float | None = None
+        self._last_processed_ns: int | None = None  # newest stamp handed to the worker
+        self._publish_pending = False
+        self._stats_pending = False
         self._odometry_child: str | None = None
         self._last_info_ns: int | None = None
         self._warned: set[str] = set()
+
+    def _tf_cache_time(self) -> float:
+        return max(10.0, 4.0 * self.params.max_wait_for_pose_s)
 
     # --- bookkeeping ------------------------------------------------------------------------
 
@@ -184,18 +231,24 @@ class NodeLogic:
 
     def _time_jumped_back(self, stamp: float) -> None:
         self.time_jumps += 1
+        reset = self.params.on_time_jump == "reset"
+        waiting = self.worker.clear_frames()
         log.warning(
-            "time jumped back from %.3f to %.3f s (looping bag or restarted clock): clearing TF history, "
-            "%d queued frame(s) and the fragment under construction; the map is kept",
-            self._clock, stamp, len(self._queue),
+            "time jumped back from %.3f to %.3f s (looping bag or restarted clock): dropping the TF history, "
+            "%d queued and %d waiting frame(s) and the fragment under construction; %s (on_time_jump '%s')",
+            self._clock, stamp, len(self._queue), len(waiting),
+            "clearing the map" if reset else "the map is kept", self.params.on_time_jump,
         )
-        for entry in self._queue:
-            self._drop("time_backwards", f"frame at t={entry.stamp:.3f} queued when time jumped back")
+        for entry in [*self._queue, *(posed.entry for posed in waiting)]:
+            self._drop("time_backwards", f"{entry.what} was waiting when time jumped back")
         self._queue.clear()
         self._infos.clear()
         self._depths.clear()
         self.tf.clear(static=False)
-        self.pipeline.fragments.drop_pending()
+        if reset:
+            self.worker.submit_job(lambda: self._reset_map(stamp), "reset after the time jump")
+        else:
+            self.worker.submit_job(self._abandon_fragment, "drop the fragment after the time jump")
         self._clock = stamp
         self._last_processed_ns = None
 
@@ -203,14 +256,22 @@ class NodeLogic:
     def queue_length(self) -> int:
         return len(self._queue)
 
+    @property
+    def meshes_published(self) -> int:
+        return self.outputs.published["mesh"]
+
     def status(self) -> dict[str, Any]:
-        """Counters for diagnostics and summaries."""
+        """Counters for summaries (diagnostics carry the same and more)."""
+        self._collect()
         return {
             "received": dict(self.received),
             "frames_processed": self.frames_processed,
             "queued": len(self._queue),
+            "backlog": self.worker.backlog_length,
             "dropped": dict(self.dropped),
-            "meshes_published": self.meshes_published,
+            "fragments_skipped": self.worker.fragments_skipped,
+            "published": {**self.outputs.published, "diagnostics": self.diagnostics_published},
+            "publish_errors": self.outputs.errors,
             "time_jumps": self.time_jumps,
             "message_time": self._clock,
         }
@@ -318,16 +379,31 @@ class NodeLogic:
     # --- processing -------------------------------------------------------------------------
 
     def spin_once(self, now: float) -> None:
-        """Timer tick: pair, pose and process every frame that is ready; publish if due."""
+        """Timer tick: pair, pose and hand over every frame that is ready; publish what is due."""
+        self._now = now
+        self._collect()
         self._process_queue(final=False)
         self._prune_stores()
-        self._maybe_publish(now)
+        self._request_publication()
+        self._collect()
+        if self._diagnostics_limiter.due(now, self.params.diagnostics_rate_hz):
+            self._diagnostics_limiter.mark(now)
+            self._publish_diagnostics(now)
 
     def finish(self) -> None:
-        """End of input: process what can still be posed, drop the rest, publish the final mesh."""
+        """End of input: process what can still be posed, drop the rest, publish the final state."""
         self._process_queue(final=True)
-        if self._map_changed:
-            self._publish_mesh()
+        self.worker.wait_idle()
+        self._collect()
+        clock = self._clock
+        if clock is not None:
+            self.worker.call(lambda: self.outputs.publish_due(clock, final=True), "final publication")
+        if self.params.diagnostics_rate_hz > 0 and self._now is not None:
+            self._publish_diagnostics(self._now, fresh=True)
+
+    def close(self) -> None:
+        """Stop the worker (after what it has queued)."""
+        self.worker.close()
 
     def _take(self, store: dict[int, Any], stamp_ns: int) -> Any:
         """Pop the entry for ``stamp_ns`` (or the nearest within the sync tolerance), else None."""
@@ -382,7 +458,7 @@ class NodeLogic:
                                          f"t={entry.stamp:.6f}: {exc}")
                 continue
             self._queue.pop(0)
-            self._process(entry, T_global_camera)
+            self._submit(entry, T_global_camera)
 
     def _unpaired_message(self, entry: _PendingFrame, missing: str) -> str:
         topic = self.params.camera_info_topic if missing == "camera_info" else self.params.depth_topic
@@ -400,80 +476,250 @@ class NodeLogic:
             message += " (no camera_info received at all: check camera_info_topic)"
         return message
 
-    def _process(self, entry: _PendingFrame, T_global_camera: np.ndarray) -> None:
-        what = f"frame {entry.index} (t={entry.stamp:.6f})"
-        try:
-            with self.pipeline.timer.stage("decode"):
-                image = self._decode(entry.image)
-                depth = self._decode(entry.depth) if entry.depth is not None else None
-        except UnsupportedEncodingError as exc:
-            self._drop("unsupported_encoding", f"{what}: {exc}")
-            return
-        except MessageError as exc:
-            self._drop("bad_image", f"{what}: {exc}")
-            return
-        intrinsics = entry.intrinsics
-        assert intrinsics is not None
-        height, width = image.shape[:2]
-        if (width, height) != (intrinsics.width, intrinsics.height):
-            self._drop("size_mismatch", f"{what}: image is {width}x{height} but camera_info says "
-                                        f"{intrinsics.width}x{intrinsics.height}")
-            return
-        if depth is not None and not self._depth_matches(depth, width, height, what):
-            return
+    def _submit(self, entry: _PendingFrame, T_global_camera: np.ndarray) -> None:
+        """Check the pose and the order, then hand the frame to the worker (backlog policy applies)."""
         try:
             pose_name = f"pose of '{entry.frame_id}' in '{self.params.global_frame}'"
             T_global_camera = check_rigid(T_global_camera, pose_name)
         except PoseError as exc:
-            self._drop("invalid_pose", f"{what}: {exc}")
+            self._drop("invalid_pose", f"{entry.what}: {exc}")
             return
         if self._last_processed_ns is not None and entry.stamp_ns <= self._last_processed_ns:
-            self._drop("time_backwards", f"{what} is not newer than the last processed frame")
+            self._drop("time_backwards", f"{entry.what} is not newer than the last processed frame")
             return
-        frame = Frame(entry.stamp, image, intrinsics, T_global_camera, depth, entry.frame_id, entry.index)
-        result = self.pipeline.process(frame)
+        posed = _PosedFrame(entry, T_global_camera, self._clearing_origin(entry))
+        policy = self.worker.policy
+        dropped = self.worker.submit_frame(posed)
         self._last_processed_ns = entry.stamp_ns
-        self._last_frame_stamp = entry.stamp
-        self.frames_processed += 1
-        if result.fragment is not None:
-            self._fragment_closed = True
-        if result.fragment is not None or (result.update is not None and not result.update.is_empty):
-            self._map_changed = True
+        reason = "backlog_full" if policy == "drop_oldest_keyframe" else "backlog_skip"
+        for old in dropped:
+            self._drop(reason, f"{old.entry.what}: more than maximum_backlog_length = "
+                               f"{self.worker.maximum_backlog} frames waiting for the reconstruction "
+                               f"(backlog_policy '{policy}')")
 
-    def _decode(self, msg: Any) -> np.ndarray:
-        return decode_compressed_image(msg) if _is_compressed(msg) else decode_image(msg)
+    def _clearing_origin(self, entry: _PendingFrame) -> np.ndarray | None:
+        """Global position of ``map_clearing_frame`` at the frame's stamp; None: the camera's (default)."""
+        frame = getattr(self.params, "map_clearing_frame", "")
+        if not frame:
+            return None
+        try:
+            return self.tf.lookup(self.params.global_frame, frame, entry.stamp)[:3, 3].copy()
+        except TransformLookupError as exc:
+            self._warn_once("clearing_frame", "map_clearing_frame '%s' cannot be looked up (%s); the map is "
+                            "bounded around the camera instead [logged once]", frame, exc)
+            return None
 
-    def _depth_matches(self, depth: np.ndarray, width: int, height: int, what: str) -> bool:
-        """Depth must be (H, W) with the colour image's aspect ratio (registered; may be scaled)."""
-        if depth.ndim != 2:
-            self._drop("unsupported_encoding", f"{what}: the depth topic carries a colour image")
-            return False
-        dh, dw = depth.shape
-        if abs(dw / dh - width / height) > 0.01 * width / height:
-            self._drop(
-                "size_mismatch", f"{what}: depth is {dw}x{dh}, not registered to the {width}x{height} image"
-            )
-            return False
-        return True
+    def _run_frame(self, posed: _PosedFrame) -> FrameResult:
+        """Worker thread: decode, check sizes, run the pipeline, note what changed for the outputs."""
+        entry = posed.entry
+        what = entry.what
+        try:
+            with self.pipeline.timer.stage("decode"):
+                image = _decode(entry.image)
+                depth = _decode(entry.depth) if entry.depth is not None else None
+        except UnsupportedEncodingError as exc:
+            raise FrameRejected("unsupported_encoding", f"{what}: {exc}") from None
+        except MessageError as exc:
+            raise FrameRejected("bad_image", f"{what}: {exc}") from None
+        intrinsics = entry.intrinsics
+        assert intrinsics is not None
+        height, width = image.shape[:2]
+        if (width, height) != (intrinsics.width, intrinsics.height):
+            raise FrameRejected("size_mismatch", f"{what}: image is {width}x{height} but camera_info says "
+                                                 f"{intrinsics.width}x{intrinsics.height}")
+        if depth is not None:
+            _check_depth(depth, width, height, what)
+        frame = Frame(entry.stamp, image, intrinsics, posed.T_global_camera, depth, entry.frame_id, entry.index)
+        self.pipeline.set_clearing_origin(posed.clearing_origin)
+        result = self.pipeline.process(frame)
+        self.outputs.note_frame(frame, result, entry.stamp_ns)
+        return result
+
+    def _abandon_fragment(self) -> None:
+        """Worker thread: discard the keyframes of the fragment under construction."""
+        dropped = self.pipeline.fragments.drop_pending()
+        if dropped:
+            log.info("discarded the %d keyframe(s) of the fragment under construction", dropped)
+
+    def _reset_map(self, stamp: float | None) -> tuple[bool, str]:
+        """Worker thread: clear the map, the fragment under construction and recurrent state."""
+        blocks = self.pipeline.tsdf_map.num_blocks
+        self.pipeline.reset()
+        self.outputs.map_replaced(stamp)
+        return True, f"map cleared ({blocks} blocks dropped)"
+
+    def _collect(self) -> None:
+        """Count the outcomes of the frames the worker finished."""
+        for outcome in self.worker.take_outcomes():
+            error = outcome.error
+            if error is None:
+                self.frames_processed += 1
+            elif isinstance(error, FrameRejected):
+                self._drop(error.reason, str(error))
+            else:
+                if "pipeline_error" not in self._warned:
+                    log.error("%s failed in the pipeline", outcome.item.entry.what, exc_info=error)
+                self._drop("pipeline_error", f"{outcome.item.entry.what}: {type(error).__name__}: {error}")
 
     # --- outputs ----------------------------------------------------------------------------
 
-    def _maybe_publish(self, now: float) -> None:
-        if self.mesh_publish_period_s is None:
-            if self._fragment_closed:
-                self._publish_mesh()
-        elif self._map_changed and (
-            self._last_publish is None or now - self._last_publish >= self.mesh_publish_period_s
-        ):
-            self._publish_mesh()
-            self._last_publish = now
+    def _request_publication(self) -> None:
+        """Queue one publication check behind the frames handed over so far (coalesced)."""
+        if self._publish_pending or self._clock is None:
+            return
+        self._publish_pending = True
+        self.worker.submit_job(self._publish_job, "publishing the map outputs")
 
-    def _publish_mesh(self) -> None:
-        mesh = self.pipeline.mesh()
-        with self.pipeline.timer.stage("publish_mesh"):
-            marker = encode_mesh_marker(
-                self.publisher.types, mesh, self._last_frame_stamp, self.params.global_frame
-            )
-            self.publisher.publish("mesh_marker", marker)
-        self.meshes_published += 1
-        self._map_changed = self._fragment_closed = False
+    def _publish_job(self) -> None:
+        self._publish_pending = False
+        clock = self._clock
+        if clock is not None:
+            self.outputs.publish_due(clock)
+
+    def _refresh_stats(self) -> None:
+        """Worker thread: snapshot the pipeline's statistics for the next diagnostics."""
+        self._stats_pending = False
+        self._stats = (gather_pipeline_stats(self.pipeline), dict(self.outputs.published), self.outputs.errors)
+
+    def _publish_diagnostics(self, now: float, fresh: bool = False) -> None:
+        """Publish /diagnostics; the pipeline's statistics come from the worker, which (threaded) may
+        still be busy: then the snapshot of the last report is used, unless ``fresh`` waits for it."""
+        if fresh:
+            self.worker.call(self._refresh_stats, "statistics")
+        elif not self._stats_pending:
+            self._stats_pending = True
+            self.worker.submit_job(self._refresh_stats, "statistics")
+        self._collect()
+        stats, published, publish_errors = self._stats
+        sample = NodeSample(
+            now=now,
+            received={kind: self.received.get(kind, 0) for kind in INPUT_KINDS},
+            frames_processed=self.frames_processed,
+            queue_length=len(self._queue),
+            backlog_length=self.worker.backlog_length,
+            dropped={reason: self.dropped.get(reason, 0) for reason in DROP_REASONS},
+            time_jumps=self.time_jumps,
+            fragments_skipped=self.worker.fragments_skipped,
+            published={out.key: published.get(out.key, 0) for out in OUTPUTS} | {
+                "diagnostics": self.diagnostics_published},
+            publish_errors=publish_errors,
+            pipeline=stats,
+            image_topic=self.params.image_topic,
+        )
+        self.publisher.publish("diagnostics", self.diagnostics.message(self.publisher.types, sample))
+        self.diagnostics_published += 1
+
+    # --- services ---------------------------------------------------------------------------
+
+    def save_ply(self, path: str) -> tuple[bool, str]:
+        """Write the current mesh (global frame) to ``path`` as binary PLY."""
+
+        def job(target: Path) -> tuple[bool, str]:
+            mesh = self.pipeline.mesh()
+            if mesh.is_empty:
+                return False, f"nothing written to {target}: the mesh is empty (no map yet, or it was reset)"
+            write_ply(target, mesh)
+            return True, f"wrote {len(mesh.faces)} triangles, {len(mesh.vertices)} vertices to {target}"
+
+        return self._file_service("save_ply", path, job, writes=True)
+
+    def save_map(self, path: str) -> tuple[bool, str]:
+        """Write the whole map (geometry, TSDF, weights, colours, recurrent state) to ``path``."""
+
+        def job(target: Path) -> tuple[bool, str]:
+            save_map(target, self.pipeline, frame_id=self.params.global_frame)
+            return True, f"saved {self.pipeline.tsdf_map.num_blocks} blocks to {target}"
+
+        return self._file_service("save_map", path, job, writes=True)
+
+    def load_map(self, path: str) -> tuple[bool, str]:
+        """Replace the map with the one in ``path``; on any error the current map is kept."""
+
+        def job(target: Path) -> tuple[bool, str]:
+            snapshot = load_map_into(self.pipeline, target, frame_id=self.params.global_frame)
+            self.outputs.map_replaced(self._clock)
+            return True, f"loaded {snapshot.num_blocks} blocks from {target}"
+
+        return self._file_service("load_map", path, job, writes=False)
+
+    def reset(self) -> tuple[bool, str]:
+        """Clear the map, the fragment under construction and the network's recurrent state."""
+        return self._service("reset", lambda: self._reset_map(self._clock))
+
+    def _file_service(self, name: str, path: str, job: Callable[[Path], tuple[bool, str]],
+                      writes: bool) -> tuple[bool, str]:
+        try:
+            target = self.resolve_path(path)
+            if target.is_dir():
+                raise ServiceError(f"{target} is a directory; give a file path")
+            if writes:
+                target.parent.mkdir(parents=True, exist_ok=True)
+        except (ServiceError, OSError) as exc:
+            return False, f"{name}: {exc}"
+        return self._service(name, lambda: job(target))
+
+    def _service(self, name: str, job: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
+        """Run ``job`` on the worker, in order after the frames handed over so far; errors become messages."""
+
+        def guarded() -> tuple[bool, str]:
+            try:
+                return job()
+            except (MapFileError, ServiceError) as exc:
+                return False, str(exc)
+            except Exception as exc:  # a failed save/load answers the caller and keeps the map
+                return False, f"{name} failed: {type(exc).__name__}: {exc}"
+
+        ok, message = self.worker.call(guarded, f"~/{name}")
+        self._collect()
+        (log.info if ok else log.error)("~/%s: %s", name, message)
+        return ok, message
+
+    def resolve_path(self, path: str) -> Path:
+        """``path`` with ``~`` expanded; a relative one is taken from ``output_directory`` (or the cwd)."""
+        text = str(path).strip()
+        if not text:
+            raise ServiceError("the path is empty; give a file path")
+        target = Path(os.path.expanduser(text))
+        if not target.is_absolute():
+            base = self.params.output_directory.strip()
+            target = (Path(os.path.expanduser(base)) if base else Path.cwd()) / target
+        return target
+
+    def update_parameters(self, values: dict[str, Any]) -> tuple[bool, str]:
+        """Change runtime parameters (:data:`RUNTIME_PARAMETERS`); all or nothing."""
+        if not values:
+            return True, "nothing to change"
+        trial = NodeParameters(self.params.as_dict())
+        try:
+            trial.update(values)
+        except ParameterError as exc:
+            return False, str(exc)
+        fixed = sorted(set(values) - RUNTIME_PARAMETERS)
+        if fixed:
+            return False, (f"cannot change {', '.join(fixed)} while the node runs (read at start-up only): "
+                           "set it in the parameter file and restart")
+        if trial.occupancy_min_height_m > trial.occupancy_max_height_m:
+            return False, (f"occupancy_min_height_m ({trial.occupancy_min_height_m}) must not exceed "
+                           f"occupancy_max_height_m ({trial.occupancy_max_height_m})")
+        self.worker.configure(maximum_backlog=trial.maximum_backlog_length, policy=trial.backlog_policy)
+        self.params.update(values)
+        self.tf.cache_time_s = self._tf_cache_time()
+        # the pipeline's component configs are the objects its parts read on every frame
+        for config, group in ((self.pipeline.fragments.config, KeyframeConfig),
+                              (getattr(self.pipeline.reconstructor, "config", None), DepthFusionConfig)):
+            if isinstance(config, group):
+                for name in values.keys() & {f.name for f in config_fields(group)}:
+                    setattr(config, name, getattr(self.params, name))
+        changed = ", ".join(f"{name}={getattr(self.params, name)!r}" for name in sorted(values))
+        log.info("parameters changed: %s", changed)
+        return True, f"set {changed}"
+
+
+def _check_depth(depth: np.ndarray, width: int, height: int, what: str) -> None:
+    """Depth must be (H, W) with the colour image's aspect ratio (registered; may be scaled)."""
+    if depth.ndim != 2:
+        raise FrameRejected("unsupported_encoding", f"{what}: the depth topic carries a colour image")
+    dh, dw = depth.shape
+    if abs(dw / dh - width / height) > 0.01 * width / height:
+        raise FrameRejected("size_mismatch", f"{what}: depth is {dw}x{dh}, not registered to the "
+                                             f"{width}x{height} image")

@@ -5,9 +5,11 @@ which owns pairing, the TF buffer, pose timing and publishing by topic key. Thre
 
 - subscription callbacks (input group) only put messages in an :class:`.InputMailbox`;
 - a steady-clock timer (compute group) drains the mailbox into the logic and calls
-  ``spin_once(now)``, so a long NeuralRecon fragment never stalls TF or image reception;
+  ``spin_once(now)``; the logic hands posed frames to its worker thread (``threaded=True``), which
+  runs the pipeline and publishes the map outputs, so a long NeuralRecon fragment never stalls TF,
+  image reception or the tick;
 - services (service group) and parameter changes call the logic under the same lock as the timer,
-  so the logic only ever runs on one thread at a time.
+  so the logic only ever runs on one thread at a time (services wait for the worker's queued work).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class RosPublisher:
         self.types = types
         self._publishers = {
             out.key: node.create_publisher(
-                types(out.msgtype), f"~/{out.key}", LATCHED_QOS if out.latched else VOLATILE_QOS
+                types(out.msgtype), out.ros_name, LATCHED_QOS if out.latched else VOLATILE_QOS
             )
             for out in OUTPUTS
         }
@@ -119,7 +121,9 @@ class NeuralReconNode(Node):
                 f"{exc} The services need the neuralrecon_ros_interfaces package built in the same "
                 "workspace: see docs/ros.md, 'Build'."
             ) from None
-        self.logic = NodeLogic(self.params, build_pipeline(self.params), RosPublisher(self, self._types))
+        # threaded: the pipeline runs on the logic's worker thread, so the compute tick stays short
+        self.logic = NodeLogic(self.params, build_pipeline(self.params), RosPublisher(self, self._types),
+                               threaded=True)
         self._lock = threading.Lock()
         self._mailbox = InputMailbox(FRAME_KINDS, self.params.maximum_input_queue_length)
         self._reported_drops: dict[str, int] = {}
@@ -313,6 +317,7 @@ class NeuralReconNode(Node):
         return lambda *args: (False, f"{name} is not available in this version of neuralrecon_node")
 
     def destroy_node(self) -> None:
+        self.logic.close()
         log.removeHandler(self._log_handler)
         level, log.propagate = self._saved_log_setup
         log.setLevel(level)

@@ -1,4 +1,5 @@
-"""NodeLogic on hand-built message streams with a fake pipeline: pairing, TF timing, drops, publishing."""
+"""NodeLogic on hand-built message streams with a fake pipeline: pairing, TF timing, drops, publishing,
+time jumps, services and runtime parameters (inline worker: deterministic)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 from rosbags.typesys import Stores, get_typestore
 
 from neuralrecon_ros.core.geometry import make_transform, rotation_about_axis
+from neuralrecon_ros.core.keyframes import KeyframeConfig
+from neuralrecon_ros.core.mapping.mesh_chunks import ChunkUpdate
 from neuralrecon_ros.core.pipeline import FrameResult
 from neuralrecon_ros.core.reconstructor import MapUpdate
 from neuralrecon_ros.core.timing import StageTimer
 from neuralrecon_ros.core.types import CameraIntrinsics, Fragment, Frame, Mesh
 from neuralrecon_ros.io import messages as m
-from neuralrecon_ros.node.logic import DROP_REASONS, NodeLogic
+from neuralrecon_ros.node.logic import DROP_REASONS, RUNTIME_PARAMETERS, NodeLogic
 from neuralrecon_ros.node.parameters import NodeParameters
 
 TYPES = m.rosbags_types(get_typestore(Stores.ROS2_HUMBLE))
@@ -44,36 +47,81 @@ def rgb(index: int) -> np.ndarray:
 class FakeFragments:
     def __init__(self) -> None:
         self.dropped = 0
+        self.config = KeyframeConfig()
+        self.pending: list[Frame] = []
 
     def drop_pending(self) -> int:
         self.dropped += 1
         return 0
 
 
+class FakeMap:
+    num_blocks = 0
+    device = None
+
+    def memory_bytes(self) -> int:
+        return 0
+
+
+class FakeReconstructor:
+    name = "fake"
+    config = None
+
+
+class FakeMesher:
+    num_faces = 0
+
+
 class FakePipeline:
-    """Records frames; every ``fragment_every``-th frame closes a fragment."""
+    """Records frames; every ``fragment_every``-th frame closes a fragment. ``reset`` forgets them."""
 
     def __init__(self, needs_depth: bool = False, fragment_every: int = 3) -> None:
         self.needs_depth = needs_depth
         self.fragment_every = fragment_every
         self.frames: list[Frame] = []
+        self.all_frames: list[Frame] = []  # across resets
         self.timer = StageTimer()
         self.fragments = FakeFragments()
+        self.tsdf_map = FakeMap()
+        self.reconstructor = FakeReconstructor()
+        self.mesher = FakeMesher()
+        self.T_global_map = np.eye(4)
+        self.counts = {"frames": 0, "keyframes": 0, "fragments": 0}
         self.mesh_calls = 0
+        self.resets = 0
+        self.clearing_origins: list[np.ndarray | None] = []
+        self.fail_on: set[int] = set()  # frame indices whose processing raises
 
     def process(self, frame: Frame) -> FrameResult:
+        if frame.index in self.fail_on:
+            raise RuntimeError(f"boom at frame {frame.index}")
         self.frames.append(frame)
+        self.all_frames.append(frame)
+        self.counts["frames"] += 1
         if len(self.frames) % self.fragment_every == 0:
             n = self.fragment_every
             fragment = Fragment(len(self.frames) // n - 1, self.frames[-n:])
+            self.counts["fragments"] += 1
             return FrameResult(True, fragment, MapUpdate(np.zeros((1, 3), np.int64), 1))
         return FrameResult(False, None, None)
+
+    def set_clearing_origin(self, position) -> None:
+        self.clearing_origins.append(position)
 
     def mesh(self) -> Mesh:
         self.mesh_calls += 1
         n = len(self.frames)
+        if n == 0:
+            return Mesh()
         vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, n]], np.float32)
         return Mesh(vertices, np.array([[0, 1, 2]]))
+
+    def mesh_chunks(self, full: bool = False) -> ChunkUpdate:
+        return ChunkUpdate()
+
+    def reset(self) -> None:
+        self.resets += 1
+        self.frames = []
 
 
 class RecordingPublisher:
@@ -86,8 +134,14 @@ class RecordingPublisher:
         self.published.append((topic_key, msg))
 
 
+#: only the whole mesh and diagnostics (the fake pipeline has no map for the planner products)
+QUIET = {"mesh_publish_rate_hz": 0.0, "tsdf_cloud_publish_rate_hz": 0.0, "occupancy_publish_rate_hz": 0.0,
+         "esdf_publish_rate_hz": 0.0, "fragment_volume_publish_rate_hz": 0.0, "diagnostics_rate_hz": 0.0}
+
+
 def make_logic(needs_depth: bool = False, **params) -> tuple[NodeLogic, FakePipeline, RecordingPublisher]:
-    values = {"global_frame": "odom", "max_wait_for_pose_s": 0.5, "maximum_input_queue_length": 30}
+    values = {"global_frame": "odom", "max_wait_for_pose_s": 0.5, "maximum_input_queue_length": 30,
+              "full_mesh_publish_rate_hz": 100.0, **QUIET}
     values.update(params)
     pipeline = FakePipeline(needs_depth)
     publisher = RecordingPublisher()
@@ -357,19 +411,33 @@ def test_queue_is_bounded():
     assert [f.index for f in pipeline.frames] == [4, 5, 6]  # the newest three survived
 
 
-def test_time_jump_back_resets_and_keeps_going(caplog):
-    logic, pipeline, _ = make_logic()
+@pytest.mark.parametrize("on_time_jump", ["warn", "reset"])
+def test_time_jump_back_drops_what_waits_and_resets_or_keeps_the_map(on_time_jump, caplog):
+    logic, pipeline, publisher = make_logic(on_time_jump=on_time_jump)
     feed(logic, camera_stream(stamps(4)))
     feed(logic, [("image", T0 + 0.5, image_msg(T0 + 0.5)), ("info", T0 + 0.5, info_msg(T0 + 0.5))])
     assert logic.queue_length == 1
     restart = stamps(4, T0 - 50.0)  # the bag looped
     feed(logic, camera_stream(restart))
     logic.finish()
-    assert logic.time_jumps == 1 and pipeline.fragments.dropped == 1
-    assert logic.dropped == {"time_backwards": 1}
-    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(4) + restart)
-    np.testing.assert_allclose(pipeline.frames[-1].T_world_camera, expected_pose(restart[-1]), atol=1e-9)
+    assert logic.time_jumps == 1 and logic.dropped == {"time_backwards": 1}  # the frame waiting at T0 + 0.5
+    assert [f.stamp for f in pipeline.all_frames] == pytest.approx(stamps(4) + restart)
+    np.testing.assert_allclose(pipeline.all_frames[-1].T_world_camera, expected_pose(restart[-1]), atol=1e-9)
     assert "time jumped back" in caplog.text
+    stamps_out = [m.header_stamp_ns(msg) for key, msg in publisher.published if key == "mesh"]
+    if on_time_jump == "warn":  # the map and what was integrated before the jump are kept
+        assert pipeline.resets == 0 and pipeline.fragments.dropped == 1 and len(pipeline.frames) == 8
+        assert "the map is kept" in caplog.text
+        assert stamps_out[-1] == m.sec_to_ns(restart[1])  # the 6th frame in all closed the 2nd fragment
+    else:  # cleared: the map holds only what came after the jump
+        assert pipeline.resets == 1 and pipeline.fragments.dropped == 0
+        assert [f.stamp for f in pipeline.frames] == pytest.approx(restart)
+        assert "clearing the map" in caplog.text
+        # the first mesh after the jump is stamped with the new time (the empty map: a DELETE)
+        after = [msg for key, msg in publisher.published if key == "mesh"][-2]
+        assert after.action == m.MARKER_DELETE and m.header_stamp(after) == pytest.approx(T0 - 50.0, abs=1e-6)
+        assert stamps_out[-1] == m.sec_to_ns(restart[2])  # the 3rd frame after the reset closed a fragment
+    assert logic.status()["time_jumps"] == 1
 
 
 def test_out_of_order_image_after_processing_is_dropped():
@@ -380,32 +448,39 @@ def test_out_of_order_image_after_processing_is_dropped():
     assert logic.dropped == {"time_backwards": 1} and len(pipeline.frames) == 3
 
 
-def test_mesh_marker_after_each_fragment_and_at_finish():
+def test_mesh_after_each_fragment_and_at_finish():
     logic, _, publisher = make_logic()
     feed(logic, camera_stream(stamps(7)))
-    assert [key for key, _ in publisher.published] == ["mesh_marker", "mesh_marker"]  # fragments at 3 and 6
+    assert [key for key, _ in publisher.published] == ["mesh", "mesh"]  # fragments at 3 and 6
     marker = publisher.published[1][1]
-    assert marker.header.frame_id == "odom" and m.header_stamp(marker) == pytest.approx(T0 + 0.5, abs=1e-6)
+    # stamped with the frame that changed the map, to the nanosecond
+    assert marker.header.frame_id == "odom" and m.header_stamp_ns(marker) == m.sec_to_ns(T0 + 0.5)
     assert marker.type == m.MARKER_TRIANGLE_LIST
     np.testing.assert_array_equal(m.decode_marker_triangles(marker)[0], [[0, 0, 0], [1, 0, 0], [0, 1, 6]])
     logic.finish()  # frame 7 closed no fragment and changed nothing: no extra publication
     assert len(publisher.published) == 2
 
 
-def test_rate_limited_mesh_publication():
-    logic, pipeline, publisher = make_logic()
-    logic.mesh_publish_period_s = 0.25
+def test_rate_limited_mesh_publication_on_message_time():
+    logic, pipeline, publisher = make_logic(full_mesh_publish_rate_hz=4.0)
     pipeline.fragment_every = 1  # every frame changes the map
-    publish_times = []
+    published_at = []  # message time (newest input stamp) of each publication
     for event in camera_stream(stamps(10)):
         before = len(publisher.published)
         feed(logic, [event])
-        publish_times += [event[1]] * (len(publisher.published) - before)
-    assert len(publish_times) == 4  # transport time 1000.05 .. 1000.95, at most every 0.25 s
-    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(publish_times))
+        published_at += [logic.status()["message_time"]] * (len(publisher.published) - before)
+    assert len(published_at) == 4  # message time 1000.05 .. 1000.95, at most every 0.25 s
+    assert all(b - a >= 0.25 - 1e-9 for a, b in itertools.pairwise(published_at))
+    header_stamps = [m.header_stamp(msg) for _, msg in publisher.published]
+    assert header_stamps == sorted(header_stamps)
+    assert all(min(abs(t - s) for s in stamps(10)) < 1e-6 for t in header_stamps)  # a frame's stamp each
     logic.finish()
     assert len(publisher.published) == 5  # the final state is always published
-    assert m.header_stamp(publisher.published[-1][1]) == pytest.approx(T0 + 0.9, abs=1e-6)
+    assert m.header_stamp_ns(publisher.published[-1][1]) == m.sec_to_ns(T0 + 0.9)
+    # the rate is a runtime parameter: 0 stops the output
+    logic.update_parameters({"full_mesh_publish_rate_hz": 0.0})
+    feed(logic, camera_stream(stamps(5, T0 + 1.0))[1:])
+    assert len(publisher.published) == 5 and len(pipeline.frames) == 15
 
 
 def test_odometry_pose_source():

@@ -71,9 +71,11 @@ def test_subscriptions_follow_the_input_parameters(fake_ros):
 def test_publishers_services_and_timer(fake_ros):
     t = fake_ros.transport
     node = make_node(fake_ros)
-    assert set(node.publishers) == {f"~/{out.key}" for out in OUTPUTS}
+    assert set(node.publishers) == {out.ros_name for out in OUTPUTS}
+    diagnostics = node.publishers["/diagnostics"]  # the standard topic, not private
+    assert diagnostics.msg_class is fake_ros.typestore.types["diagnostic_msgs/msg/DiagnosticArray"]
     for out in OUTPUTS:
-        publisher = node.publishers[f"~/{out.key}"]
+        publisher = node.publishers[out.ros_name]
         assert publisher.msg_class is fake_ros.typestore.types[out.msgtype]
         assert publisher.qos == (t.LATCHED_QOS if out.latched else t.VOLATILE_QOS)
     assert t.LATCHED_QOS.depth == 1 and t.LATCHED_QOS.durability == t.DurabilityPolicy.TRANSIENT_LOCAL
@@ -112,9 +114,17 @@ def test_runtime_changes_are_validated_then_handed_to_the_logic(fake_ros):
     assert not result.successful
     expected = "parameter 'keyframe_min_rotation_deg': 200.0 is out of range; expected in [0.0, 180.0]"
     assert result.reason == expected
-    result = node.set_parameters([Parameter("keyframe_min_rotation_deg", 20.0)])
+    # the logic applies what it can change live ...
+    assert node.set_parameters([Parameter("keyframe_min_rotation_deg", 20.0)]).successful
+    assert node.logic.pipeline.fragments.config.keyframe_min_rotation_deg == 20.0
+    # ... and refuses, by name, what it reads at start-up only (not read-only for rclpy itself)
+    result = node.set_parameters([Parameter("fragment_size", 5)])
+    assert not result.successful and result.reason.startswith("cannot change fragment_size while the node runs")
+    assert node.parameters["fragment_size"] == 9  # refused, not silently ignored
+    # without the logic's hook a change would be refused rather than ignored
+    node.logic.update_parameters = None
+    result = node.set_parameters([Parameter("keyframe_min_rotation_deg", 25.0)])
     assert not result.successful and "runtime changes are not supported yet" in result.reason
-    assert node.parameters["keyframe_min_rotation_deg"] == 15.0  # refused, not silently ignored
 
     applied = []
     node.logic.update_parameters = lambda values: (applied.append(values), (True, "ok"))[1]
@@ -174,7 +184,7 @@ def _frame_messages(types, index: int, stamp: float):
 
 
 def test_messages_flow_from_subscriptions_to_a_published_mesh(fake_ros):
-    node = make_node(fake_ros, fragment_size=2)
+    node = make_node(fake_ros, fragment_size=2, full_mesh_publish_rate_hz=100.0)
     types = m.rosbags_types(fake_ros.typestore)
     topics = ("/tf", "/camera/color/camera_info", "/camera/aligned_depth_to_color/image_raw",
               "/camera/color/image_raw")
@@ -186,9 +196,12 @@ def test_messages_flow_from_subscriptions_to_a_published_mesh(fake_ros):
         node.tick(stamp)
     node.deliver("/tf", _frame_messages(types, 6, stamp + 0.1)[0])
     node.tick(stamp + 1.0)
+    assert node.logic.worker.wait_idle(timeout_s=60.0)  # the pipeline runs on the logic's worker thread
+    node.tick(stamp + 1.1)  # collects its outcomes and queues a publication of the last changes
+    assert node.logic.worker.wait_idle(timeout_s=60.0)
 
     assert node.logic.frames_processed == 6
-    markers = node.publishers["~/mesh_marker"].messages
+    markers = node.publishers["~/mesh"].messages
     assert markers, "no mesh was published"
     marker = markers[-1]
     assert marker.header.frame_id == "odom"

@@ -101,6 +101,35 @@ def merge_blocks(a: BlockData, b: BlockData) -> BlockData:
     return BlockData(a.coords, tsdf, weight, color)
 
 
+def union_blocks(a: BlockData, b: BlockData) -> BlockData:
+    """All blocks of ``a`` and ``b`` (``a``'s order, then ``b``'s new ones); a block in both is merged."""
+    if len(b) == 0:
+        return a
+    B = a.tsdf.shape[1] if len(a) else b.tsdf.shape[1]
+
+    def colors(blocks: BlockData) -> torch.Tensor | None:  # colour for all or none
+        if blocks.color is not None or (a.color is None and b.color is None):
+            return blocks.color
+        return torch.zeros((len(blocks), B, B, B, 3), dtype=torch.uint8)
+
+    a = BlockData(a.coords, a.tsdf.clone(), a.weight.clone(), colors(a))
+    b = BlockData(b.coords, b.tsdf, b.weight, colors(b))
+    row_of = {key: row for row, key in enumerate(pack_keys(a.coords).tolist())}
+    rows = np.array([row_of.get(key, -1) for key in pack_keys(b.coords).tolist()], dtype=np.int64)
+    shared = np.flatnonzero(rows >= 0)
+    if len(shared):
+        merged = merge_blocks(a.select(rows[shared]), b.select(shared))
+        index = torch.as_tensor(rows[shared])
+        a.tsdf[index], a.weight[index] = merged.tsdf, merged.weight
+        if a.color is not None and merged.color is not None:
+            a.color = a.color.clone()
+            a.color[index] = merged.color
+    new = b.select(np.flatnonzero(rows < 0))
+    return BlockData(np.concatenate([a.coords, new.coords]), torch.cat([a.tsdf, new.tsdf]),
+                     torch.cat([a.weight, new.weight]),
+                     None if a.color is None or new.color is None else torch.cat([a.color, new.color]))
+
+
 def read_blocks(tsdf_map: TSDFMap, coords: np.ndarray) -> BlockData:
     """Copies (CPU) of the given allocated blocks of ``tsdf_map``."""
     slots = tsdf_map.lookup_blocks(coords)

@@ -13,7 +13,6 @@ from .raycast import MISS, RenderError, cast_rays, render
 from .scene import Scene, SceneConfig, SceneError, generate_scene
 from .sequence import OPTICAL_FRAME_ID, SyntheticSequence, default_intrinsics, make_sequence
 from .texture import Material
-from .visibility import observed_mesh, observed_vertices
 from .trajectory import (
     T_BODY_OPTICAL,
     CameraMount,
@@ -22,6 +21,7 @@ from .trajectory import (
     body_rotation,
     generate_trajectory,
 )
+from .visibility import observed_mesh, observed_vertices
 
 __all__ = [
     "MISS",

@@ -1,0 +1,99 @@
+"""One training pass of NeuralRecon over a fragment: per-level predictions, targets and losses.
+
+The inference forward (:class:`~..network.neucon_net.NeuConNet`) keeps only what inference needs; training
+differs in the ways upstream's training mode does (facts §2.7, §4), so this pass drives the same
+submodules itself:
+
+* phase 1 (``fusion=False``): no GRU fusion; loss and pruning only on voxels seen by more than one view
+  (upstream ``grid_mask``); phase 2 (``fusion=True``, FULL): GRU fusion with the scene's running hidden
+  state, every voxel counts;
+* the heads' outputs keep their gradients; targets are gathered at each level's voxels;
+* survivors (occupancy logit > 0) beyond ``num_samples[level]`` are randomly dropped (TRAIN_NUM_SAMPLE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..network.backproject import back_project
+from ..network.model import NeuralRecon
+from ..network.neucon_net import THRESHOLDS, dense_grid, split_voxels
+from ..network.projection import N_LEVELS, VOXEL_SIZE, FragmentGeometry, affine_f32, voxel_positions_f32
+from ..network.sparse import PointTensor
+from .losses import LEVEL_WEIGHTS, POS_WEIGHT, LevelLoss, level_loss, weighted_total
+from .targets import FragmentTargets
+
+#: upstream MODEL.TRAIN_NUM_SAMPLE
+TRAIN_NUM_SAMPLE = (4096, 16384, 65536)
+
+
+@dataclass
+class PassResult:
+    loss: torch.Tensor  # weighted total (scalar, differentiable)
+    levels: list[LevelLoss] = field(default_factory=list)  # levels that ran, coarse first
+    survivors: list[int] = field(default_factory=list)  # voxels passed on by each level (after sampling)
+
+    def record(self) -> dict[str, float | int]:
+        """JSON-ready per-level figures."""
+        out: dict[str, float | int] = {"loss": float(self.loss.detach())}
+        for i, level in enumerate(self.levels):
+            out[f"loss_level{i}"] = float(level.total.detach())
+            out[f"occ_loss_level{i}"] = level.occupancy
+            out[f"tsdf_loss_level{i}"] = level.tsdf
+            out[f"occupied_level{i}"] = level.n_occupied
+        return out
+
+
+def training_pass(model: NeuralRecon, images: torch.Tensor, geometry: FragmentGeometry, targets: FragmentTargets,
+                  fusion: bool, num_samples: Sequence[int] = TRAIN_NUM_SAMPLE, pos_weight: float = POS_WEIGHT,
+                  level_weights: Sequence[float] = LEVEL_WEIGHTS, generator: torch.Generator | None = None,
+                  half_precision: bool = False) -> PassResult:
+    """Run ``model`` on one fragment in training mode and return its loss (call ``backward`` on it).
+
+    ``images`` (V, 3, 480, 640) float32 RGB 0..255 and ``geometry`` on the model's device. With
+    ``fusion`` the model's GRU hidden state carries over between calls (reset it per scene).
+    """
+    net = model.neucon_net
+    features = model.extract_features(images, half_precision)
+    device = features[0].device
+    levels: list[LevelLoss] = []
+    survivors: list[int] = []
+    coords = feats = None
+    for level in range(N_LEVELS):
+        interval = 2 ** (N_LEVELS - 1 - level)
+        if level == 0:
+            coords = dense_grid(interval, device)
+        else:
+            coords, feats = split_voxels(coords, feats, interval)
+        projected = back_project(coords, geometry.vol_origin_partial, VOXEL_SIZE, features[N_LEVELS - 1 - level],
+                                 geometry.proj_matrices[:, N_LEVELS - 1 - level])
+        inputs = projected.features if feats is None else torch.cat([projected.features, feats], dim=1)
+        world = voxel_positions_f32(coords, VOXEL_SIZE, geometry.vol_origin_partial)
+        points = affine_f32(geometry.world_to_aligned_camera[:3], world)
+        feats = net.sp_convs[level](PointTensor(inputs, torch.cat([points, points.new_zeros((len(points), 1))], 1)))
+        if fusion:
+            fused = net.gru_fusion(level, coords // interval, feats, geometry.vol_origin_voxels,
+                                   geometry.vol_origin_partial, geometry.world_to_aligned_camera)
+            coords, feats = fused.coords * interval, fused.feats
+            mask = torch.ones(len(coords), dtype=torch.bool, device=device)
+        else:
+            mask = projected.count > 1
+        tsdf = net.tsdf_preds[level](feats)[:, 0]
+        occ = net.occ_preds[level](feats)[:, 0]
+        tsdf_target, occ_target = targets.gather(level, coords)
+        levels.append(level_loss(tsdf, occ, tsdf_target, occ_target, mask, pos_weight))
+
+        keep = (occ.detach() > THRESHOLDS[level]) & mask
+        index = keep.nonzero()[:, 0]
+        if len(index) > num_samples[level]:
+            chosen = torch.randperm(len(index), generator=generator)[: num_samples[level]].to(device)
+            index = index[chosen.sort().values]
+        survivors.append(len(index))
+        if len(index) == 0:
+            break  # upstream's "no valid points": the remaining levels contribute nothing
+        coords = coords[index]
+        feats = torch.cat([feats[index], tsdf[index, None], occ[index, None]], dim=1)
+    return PassResult(weighted_total(levels, level_weights), levels, survivors)

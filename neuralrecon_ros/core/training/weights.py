@@ -1,0 +1,31 @@
+"""The demo weights shipped in ``neuralrecon_ros/data/`` and how a checkpoint becomes them.
+
+:func:`default_checkpoint` is what ``demo`` and ``--mode neuralrecon`` fall back to when no checkpoint is
+given: the shipped file if the package has one, else None (then the user must pass upstream's weights).
+The file is an fp16 copy of a training checkpoint in upstream's key layout (``{'epoch', 'model'}``,
+``module.`` keys), readable by :func:`..network.checkpoint.load_checkpoint` like any other checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..network.checkpoint import PREFIX, read_checkpoint
+
+#: the shipped demo weights (absent until a training run produced usable ones)
+DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "demo_weights.pt"
+
+
+def default_checkpoint() -> Path | None:
+    """The shipped demo weights, or None when the package ships none."""
+    return DEMO_WEIGHTS if DEMO_WEIGHTS.is_file() else None
+
+
+def half_precision_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """``checkpoint``'s model weights as an fp16 upstream-layout dict (integer buffers kept, no optimizer
+    state), for ``torch.save`` into the package (write it atomically: ``io.atomic.atomic_write``)."""
+    state, epoch = read_checkpoint(checkpoint)
+    return {"epoch": int(epoch or 0),
+            "model": {PREFIX + k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}}

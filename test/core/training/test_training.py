@@ -1,0 +1,133 @@
+"""Optimisation on one fragment, checkpoints in upstream format, resume, fine-tuning, demo-weight export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neuralrecon_ros.core.network.checkpoint import PREFIX, load_checkpoint
+from neuralrecon_ros.core.network.model import NeuralRecon
+from neuralrecon_ros.core.training.datasets import make_sample
+from neuralrecon_ros.core.training.forward import training_pass
+from neuralrecon_ros.core.training.trainer import (
+    LAST_STATE,
+    METRICS_LOG,
+    Trainer,
+    TrainingConfig,
+    learning_rate_at,
+    training_config_from_mapping,
+)
+from neuralrecon_ros.core.training.weights import half_precision_checkpoint
+from neuralrecon_ros.core.config import ParameterError
+
+SAMPLES = [256, 1024, 4096]
+
+
+def _config(**overrides) -> TrainingConfig:
+    values = {"synthetic_train_scenes": 0, "synthetic_val_scenes": 0, "phase1_epochs": 1, "phase2_epochs": 1,
+              "train_num_samples": SAMPLES, "device": "cpu", "validate_every_epochs": 0,
+              "checkpoint_every_steps": 1, "random_translation": True, "random_rotation": True}
+    values.update(overrides)
+    return training_config_from_mapping(values)
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_a_few_steps_on_one_fragment_reduce_the_loss(small_scene, fusion):
+    scene, _ = small_scene
+    torch.manual_seed(0)
+    model = NeuralRecon().train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    sample = make_sample(scene, 0)
+    losses = []
+    for step in range(6):
+        model.reset_state()
+        result = training_pass(model, sample.images, sample.geometry, sample.targets, fusion, SAMPLES,
+                               generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(float(result.loss))
+        assert len(result.levels) >= 1 and all(np.isfinite(x.total.item()) for x in result.levels)
+    assert losses[-1] < 0.8 * losses[0], losses
+    # gradients reached the 2D backbone and every level's heads
+    assert model.backbone2d.conv0[0].weight.grad is not None
+    assert all(head.weight.grad is not None for head in model.neucon_net.occ_preds[: len(result.levels)])
+
+
+def test_checkpoints_are_upstream_format_reload_bit_exact_and_resume(small_scene, tmp_path):
+    scene, _ = small_scene
+    torch.manual_seed(1)
+    trainer = Trainer(_config(), [scene], [], tmp_path, progress=False)
+    trainer.run(time_limit_s=1e-9)  # one step, then the time limit stops it with a checkpoint
+    assert trainer.global_step == 1
+    state = json.loads((tmp_path / LAST_STATE).read_text())
+    assert state == {"epoch": 0, "step_in_epoch": 1, "global_step": 1, "train_time_s": state["train_time_s"]}
+
+    content = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert set(content) == {"epoch", "model", "optimizer"}
+    assert len(content["model"]) == 718 and all(k.startswith(PREFIX) for k in content["model"])
+    assert set(content["optimizer"]) == {"state", "param_groups"}
+    fresh = NeuralRecon()
+    load_checkpoint(fresh, tmp_path / "last.ckpt")
+    trained = trainer.model.state_dict()
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+
+    # resume continues at the same place with the same weights and optimizer moments
+    resumed = Trainer(_config(), [scene], [], tmp_path, progress=False)
+    assert resumed.resume()
+    assert (resumed.epoch, resumed.step_in_epoch, resumed.global_step) == (0, 1, 1)
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    a, b = resumed.optimizer.state_dict()["state"], trainer.optimizer.state_dict()["state"]
+    assert all(torch.equal(a[i]["exp_avg"], b[i]["exp_avg"]) for i in b)
+
+    # finishing both phases writes one upstream checkpoint per epoch and a metrics line per step
+    resumed.run()
+    assert resumed.epoch == 2
+    assert (tmp_path / "model_000000.ckpt").is_file() and (tmp_path / "model_000001.ckpt").is_file()
+    assert torch.load(tmp_path / "model_000001.ckpt", weights_only=True)["epoch"] == 1
+    lines = [json.loads(line) for line in (tmp_path / METRICS_LOG).read_text().splitlines()]
+    steps = 2 * len(scene.fragments)
+    assert [r["step"] for r in lines] == list(range(1, steps + 1))
+    assert {r["phase"] for r in lines} == {1, 2}
+    assert all("loss_level0" in r for r in lines)
+
+    # fine-tuning from it, and the fp16 export of it, load like upstream weights
+    tuned = Trainer(_config(), [scene], [], tmp_path / "tune", progress=False)
+    tuned.load_initial_weights(tmp_path / "model_000001.ckpt")
+    half = half_precision_checkpoint(tmp_path / "model_000001.ckpt")
+    assert all(v.dtype in (torch.float16, torch.int64) for v in half["model"].values())
+    torch.save(half, tmp_path / "half.pt")
+    model = NeuralRecon()
+    load_checkpoint(model, tmp_path / "half.pt")
+    reference = resumed.model.state_dict()
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, reference[key].to(value.dtype), rtol=1e-3, atol=1e-4)
+
+
+def test_schedule_and_options():
+    config = _config(learning_rate=1e-3, lr_milestones=[2, 4], lr_gamma=0.5)
+    assert [learning_rate_at(config, e) for e in range(6)] == [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+    with pytest.raises(ParameterError, match="unknown training option"):
+        training_config_from_mapping({"epochs": 3})
+    with pytest.raises(ParameterError, match="train_num_samples"):
+        training_config_from_mapping({"train_num_samples": [1, 2]})
+    with pytest.raises(ParameterError, match="no training scene"):
+        Trainer(_config(), [], [], "/tmp/unused_training_dir", progress=False)
+
+
+def test_epoch_plan_is_deterministic(small_scene, tmp_path):
+    scene, _ = small_scene
+    trainer = Trainer(_config(), [scene, scene], [], tmp_path, progress=False)
+    plan_a, plan_b = trainer.epoch_plan(3), trainer.epoch_plan(3)
+    assert [(s, f) for s, f, _ in plan_a] == [(s, f) for s, f, _ in plan_b]
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(plan_a, plan_b))
+    # one transform per scene, rotation about z only
+    T = plan_a[0][2]
+    assert np.allclose(T[2, :3], [0, 0, 1]) and abs(T[2, 3]) <= 0.025
+    assert not np.allclose(trainer.epoch_plan(4)[0][2], T)

@@ -1,0 +1,319 @@
+"""The node logic under the bag transport, on synthetic bags with injected faults.
+
+Every fault bag is the clean recording (60 frames, 30 Hz, 160x120, depth mode) with some messages
+delayed, dropped, re-stamped or corrupted. Each test checks the exact drop counts (in the replay summary
+and in the last /diagnostics message), that the replay finishes, and that what was integrated before
+the fault is still in the map afterwards (a map saved through ``~/save_map`` just before the fault has
+every block in the final map, its mesh lies on the final mesh).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from replay_helpers import (
+    N_FRAMES,
+    TOPICS,
+    Recording,
+    block_set,
+    faulty_bag,
+    read_output,
+    record,
+    replay,
+)
+from scipy.spatial import cKDTree
+
+from neuralrecon_ros.core.geometry import make_transform
+from neuralrecon_ros.core.types import CameraIntrinsics
+from neuralrecon_ros.io import messages as m
+from neuralrecon_ros.io.bags import default_typestore
+from neuralrecon_ros.io.map_file import load_map
+from neuralrecon_ros.io.ply import read_ply
+from neuralrecon_ros.node.diagnostics import diagnostic_values
+from neuralrecon_ros.node.logic import DROP_REASONS
+from neuralrecon_ros.node.outputs import output_topic_name
+
+VOXEL = 0.04
+TYPES = m.rosbags_types(default_typestore())
+DIAGNOSTICS = {"diagnostics_rate_hz": 1.0}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Recording:
+    return record(tmp_path_factory.mktemp("recording"))
+
+
+@pytest.fixture(scope="module")
+def clean(recording, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clean")
+    bag = faulty_bag(folder, recording, lambda msg, frame: [msg], name="bag")
+    result, pipeline = replay(bag, folder / "out", **DIAGNOSTICS)
+    return result, pipeline
+
+
+def last_diagnostics(output_bag: Path) -> dict[str, dict[str, str]]:
+    """The values of the last /diagnostics message, by task (inputs, reconstruction, map)."""
+    _, message = read_output(output_bag)[output_topic_name("diagnostics")][-1]
+    return {status.name.split(": ")[1]: diagnostic_values(status) for status in message.status}
+
+
+def check_counts(result, pipeline, expected_drops: dict[str, int], frames: int) -> None:
+    """Drops by reason and frames, in the summary and in the final diagnostics; every image accounted for."""
+    assert result.dropped == expected_drops and not result.errors
+    assert result.counts["frames"] == frames
+    image_drops = sum(v for k, v in result.dropped.items() if k not in ("invalid_transform", "bad_camera_info"))
+    assert frames + image_drops == result.received["image"] == N_FRAMES
+    diagnostics = last_diagnostics(result.output_bag)
+    inputs, reconstruction = diagnostics["inputs"], diagnostics["reconstruction"]
+    for reason in DROP_REASONS:
+        where = reconstruction if reason in ("backlog_full", "backlog_skip", "pipeline_error") else inputs
+        assert int(where[f"dropped_{reason}"]) == expected_drops.get(reason, 0), reason
+    tf_drops = expected_drops.get("tf_missing", 0) + expected_drops.get("tf_extrapolation", 0)
+    assert int(inputs["tf_drops"]) == tf_drops and int(inputs["image_received"]) == N_FRAMES
+    assert int(reconstruction["frames"]) == frames
+    assert int(diagnostics["map"]["map_blocks"]) == pipeline.tsdf_map.num_blocks
+
+
+def run_with_snapshot(recording: Recording, tmp_path: Path, edit, before_frame: int, **values):
+    """Replay the fault bag, saving the map and the mesh right after frame ``before_frame - 1``."""
+    bag = faulty_bag(tmp_path, recording, edit)
+    at = recording.time_of(before_frame - 1)
+    calls = [(at, "save_map", "before.nrmap"), (at, "save_ply", "before.ply")]
+    result, pipeline = replay(bag, tmp_path / "out", service_calls=calls, output_directory=str(tmp_path),
+                              **DIAGNOSTICS, **values)
+    assert [r.success for r in result.service_results] == [True, True], result.service_results
+    return result, pipeline
+
+
+def check_map_kept(tmp_path: Path, pipeline, tolerance_m: float = VOXEL) -> None:
+    """Everything integrated before the fault is still in the map: blocks, and surfaces where they were."""
+    before = load_map(tmp_path / "before.nrmap")
+    assert before.num_blocks > 50
+    assert block_set(before.map_state["block_coords"]) <= block_set(pipeline.tsdf_map.block_coords())
+    mesh_before = read_ply(tmp_path / "before.ply")
+    distance, _ = cKDTree(pipeline.mesh().vertices).query(mesh_before.vertices)
+    assert np.percentile(distance, 95) < tolerance_m
+
+
+def check_poses_exact(recording: Recording, pipeline, frames: set[int]) -> None:
+    """The surfaces are where the scene is: frames posed exactly give a sharp mesh."""
+    mesh = pipeline.mesh()
+    distance = np.abs(recording.sequence.scene.sdf(mesh.vertices.astype(np.float64)))
+    assert np.median(distance) < 0.01
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+def test_clean_bag_has_no_drops(clean, recording):
+    result, pipeline = clean
+    check_counts(result, pipeline, {}, N_FRAMES)
+    check_poses_exact(recording, pipeline, set(range(N_FRAMES)))
+
+
+def test_tf_arriving_late_within_the_wait_is_waited_for(recording, tmp_path, clean):
+    delay_ns = 200_000_000  # 0.2 s < max_wait_for_pose_s 0.45, from frame 20 to the end
+
+    def late_tf(msg, frame):
+        if msg.topic == TOPICS.tf and frame >= 20:
+            return [msg._replace(stamp_ns=msg.stamp_ns + delay_ns)]
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, late_tf, before_frame=20)
+    check_counts(result, pipeline, {}, N_FRAMES)
+    check_map_kept(tmp_path, pipeline)
+    # the same frames with the same poses: the same map as the clean replay, voxel for voxel
+    clean_map = clean[1].tsdf_map
+    assert block_set(pipeline.tsdf_map.block_coords()) == block_set(clean_map.block_coords())
+    np.testing.assert_array_equal(pipeline.tsdf_map.state_dict()["tsdf"].numpy(),
+                                  clean_map.state_dict()["tsdf"].numpy())
+
+
+def test_tf_arriving_too_late_drops_the_frames_that_waited_too_long(recording, tmp_path):
+    # 0.8 s late from frame 20 on: frame k is dropped once images 0.45 s newer have arrived, which happens
+    # before its TF for k <= 45; later frames (within 0.45 s of the last image) get their TF in the end
+    def late_tf(msg, frame):
+        if msg.topic == TOPICS.tf and frame >= 20:
+            return [msg._replace(stamp_ns=msg.stamp_ns + 800_000_000)]
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, late_tf, before_frame=20)
+    check_counts(result, pipeline, {"tf_extrapolation": 26}, N_FRAMES - 26)
+    check_map_kept(tmp_path, pipeline)
+    check_poses_exact(recording, pipeline, set(range(20)) | set(range(46, N_FRAMES)))
+
+
+def test_tf_missing_for_a_stretch(recording, tmp_path):
+    # no TF for frames 20..39 (0.67 s): frames 20..25 expire before TF resumes at frame 40; frames 26..39
+    # are still waiting then and are posed by interpolation across the gap
+    def gap(msg, frame):
+        return [] if msg.topic == TOPICS.tf and 20 <= frame < 40 else [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, gap, before_frame=20)
+    check_counts(result, pipeline, {"tf_extrapolation": 6}, N_FRAMES - 6)
+    check_map_kept(tmp_path, pipeline, tolerance_m=2 * VOXEL)  # the interpolated poses smear a little
+
+
+def test_camera_frame_disconnected_for_a_stretch(recording, tmp_path):
+    # frames 20..29 come from another camera frame that nothing connects to odom: tf_missing
+    def other_frame(msg, frame):
+        if msg.topic in (TOPICS.image, TOPICS.camera_info, TOPICS.depth) and 20 <= frame < 30:
+            msg.msg.header.frame_id = "other_camera_optical_frame"
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, other_frame, before_frame=20)
+    check_counts(result, pipeline, {"tf_missing": 10}, N_FRAMES - 10)
+    check_map_kept(tmp_path, pipeline)
+    check_poses_exact(recording, pipeline, set(range(N_FRAMES)) - set(range(20, 30)))
+
+
+def test_out_of_order_stamps(recording, tmp_path):
+    # frames 10 and 11, 30 and 31 arrive swapped: the newer one is processed first, the older is then
+    # behind the last processed frame and dropped
+    swapped = {10: 11, 11: 10, 30: 31, 31: 30}
+
+    def swap(msg, frame):
+        if frame in swapped:
+            return [msg._replace(stamp_ns=recording.stamps_ns[swapped[frame]])]
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, swap, before_frame=10)
+    check_counts(result, pipeline, {"time_backwards": 2}, N_FRAMES - 2)
+    check_map_kept(tmp_path, pipeline)
+    check_poses_exact(recording, pipeline, set(range(N_FRAMES)) - {10, 30})
+
+
+def test_image_and_camera_info_mismatch(recording, tmp_path):
+    intrinsics = recording.sequence.intrinsics
+    doubled = CameraIntrinsics(2 * intrinsics.fx, 2 * intrinsics.fy, 2 * intrinsics.cx, 2 * intrinsics.cy,
+                               2 * intrinsics.width, 2 * intrinsics.height)
+    types = TYPES
+
+    def mismatch(msg, frame):
+        if msg.topic == TOPICS.camera_info and 10 <= frame < 15:  # the wrong camera's size
+            stamp = m.header_stamp(msg.msg)
+            return [msg._replace(msg=m.encode_camera_info(types, doubled, stamp, msg.msg.header.frame_id))]
+        if msg.topic == TOPICS.camera_info and 30 <= frame < 33:  # missing
+            return []
+        if msg.topic == TOPICS.camera_info and frame in (40, 41):  # stamped differently from the image
+            msg.msg.header.stamp.nanosec = (msg.msg.header.stamp.nanosec + 10_000_000) % 1_000_000_000
+            return [msg]
+        if msg.topic == TOPICS.depth and frame == 50:  # depth not registered to the colour image
+            depth = np.ones((120, 120), np.float32)
+            return [msg._replace(msg=m.encode_image(types, depth, "32FC1", m.header_stamp(msg.msg),
+                                                    msg.msg.header.frame_id))]
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, mismatch, before_frame=10)
+    check_counts(result, pipeline, {"size_mismatch": 6, "no_camera_info": 5}, N_FRAMES - 11)
+    check_map_kept(tmp_path, pipeline)
+    check_poses_exact(recording, pipeline, set())
+
+
+def test_nan_pose(recording, tmp_path):
+    # TF of frames 20..22 carries NaN: rejected; the frames are posed from TF 19 and 23 (interpolated)
+    def nan_tf(msg, frame):
+        if msg.topic == TOPICS.tf and 20 <= frame < 23:
+            msg.msg.transforms[0].transform.translation.x = float("nan")
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, nan_tf, before_frame=20)
+    check_counts(result, pipeline, {"invalid_transform": 3}, N_FRAMES)
+    check_map_kept(tmp_path, pipeline)
+    check_poses_exact(recording, pipeline, set())
+
+
+def test_nan_odometry(recording, tmp_path):
+    def nan_odometry(msg, frame):
+        if msg.topic == TOPICS.odom and frame in (20, 21):
+            msg.msg.pose.pose.orientation.w = float("nan")
+        return [msg]
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, nan_odometry, before_frame=20,
+                                         pose_source="odometry")
+    check_counts(result, pipeline, {"invalid_transform": 2}, N_FRAMES)
+    assert result.received["odometry"] == N_FRAMES
+    check_map_kept(tmp_path, pipeline)
+
+
+def _looped(recording: Recording, loop_from: int, repeat: int):
+    """The first ``loop_from`` frames, then frames 0..repeat-1 again with their original header stamps
+    (time jumps back), recorded after them (the bag clock goes on)."""
+    step = recording.stamps_ns[1] - recording.stamps_ns[0]
+    offset = recording.stamps_ns[loop_from] - recording.stamps_ns[0]
+
+    def loop(msg, frame):
+        if frame is None:
+            return [msg]
+        if frame >= loop_from:
+            return []
+        again = [msg._replace(stamp_ns=msg.stamp_ns + offset + step, msg=copy.deepcopy(msg.msg))]
+        return [msg, *again] if frame < repeat else [msg]
+
+    return loop
+
+
+def test_time_jump_back_with_warn_keeps_the_map(recording, tmp_path):
+    result, pipeline = run_with_snapshot(recording, tmp_path, _looped(recording, 40, 20), before_frame=40,
+                                         on_time_jump="warn")
+    assert result.time_jumps == 1
+    assert result.dropped == {} and result.counts["frames"] == 60 and result.received["image"] == 60
+    check_map_kept(tmp_path, pipeline)
+    diagnostics = last_diagnostics(result.output_bag)
+    assert diagnostics["inputs"]["time_jumps"] == "1"
+
+
+def test_time_jump_back_with_reset_starts_a_new_map(recording, tmp_path):
+    bag = faulty_bag(tmp_path, recording, _looped(recording, 40, 20))
+    result, pipeline = replay(bag, tmp_path / "out", on_time_jump="reset", mesh_publish_rate_hz=1.0,
+                              full_mesh_publish_rate_hz=1.0, **DIAGNOSTICS)
+    assert result.time_jumps == 1 and result.dropped == {} and result.counts["frames"] == 60
+    # the map holds exactly what the 20 frames after the jump give on their own (a clean first 20 frames)
+    prefix = faulty_bag(tmp_path, recording, lambda msg, frame: [] if frame is not None and frame >= 20 else [msg],
+                        name="prefix")
+    _, alone = replay(prefix, tmp_path / "alone")
+    np.testing.assert_array_equal(pipeline.tsdf_map.state_dict()["tsdf"].numpy(),
+                                  alone.tsdf_map.state_dict()["tsdf"].numpy())
+    streams = read_output(result.output_bag)
+    jump_ns = recording.stamps_ns[40]  # bag time of the first message after the jump
+    # after the jump: the chunked mesh is resent from scratch (DELETEALL first), the whole mesh replaced
+    after = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t >= jump_ns]
+    assert after and after[0].markers[0].action == m.MARKER_DELETEALL
+    before = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t < jump_ns]
+    assert sum(marker.action == m.MARKER_DELETEALL for msg in before for marker in msg.markers) == 1  # at start
+    diagnostics = last_diagnostics(result.output_bag)
+    assert diagnostics["inputs"]["time_jumps"] == "1" and diagnostics["reconstruction"]["frames"] == "60"
+
+
+def test_garbage_never_crashes_and_every_image_is_accounted_for(recording, tmp_path):
+    types = TYPES
+
+    def garbage(msg, frame):
+        if msg.topic == TOPICS.image and frame == 5:  # a raw Bayer stream on the colour topic
+            msg.msg.encoding = "bayer_rggb8"
+        elif msg.topic == TOPICS.image and frame == 6:  # rows padded, data not: malformed
+            msg.msg.step += 1
+        elif msg.topic == TOPICS.camera_info and frame == 7:  # uncalibrated
+            msg.msg.k = np.zeros(9)
+        elif msg.topic == TOPICS.tf and frame == 8:  # a loop: odom above itself
+            loop = m.encode_transform_stamped(types, make_transform(np.eye(3), [0, 0, 0]),
+                                              m.stamp_to_sec(msg.msg.transforms[0].header.stamp),
+                                              "base_link", "odom")
+            return [msg, msg._replace(msg=m.encode_tf_message(types, [loop]))]
+        elif msg.topic == TOPICS.depth and frame == 9:  # a colour image on the depth topic
+            msg.msg.encoding = "rgb8"
+            msg.msg.step = msg.msg.width * 3
+            msg.msg.data = np.zeros(msg.msg.height * msg.msg.width * 3, np.uint8)
+        return [msg]
+
+    bag = faulty_bag(tmp_path, recording, garbage)
+    result, pipeline = replay(bag, tmp_path / "out", **DIAGNOSTICS)
+    # frame 9 loses its depth image (unsupported_encoding), so the frame itself waits in vain (no_depth)
+    assert result.dropped == {"unsupported_encoding": 2, "bad_image": 1, "bad_camera_info": 1,
+                              "no_camera_info": 1, "no_depth": 1, "invalid_transform": 1}
+    assert result.counts["frames"] == N_FRAMES - 4 and not result.errors
+    assert result.received == {"image": 60, "camera_info": 60, "depth": 60, "tf": 61, "tf_static": 1}
+    assert not pipeline.mesh().is_empty
