@@ -6,8 +6,9 @@ only as fast as the machine allows. Everything the logic publishes goes to ``out
 output directory, stamped (log time) with the bag time at which it was published.
 
 By default the reconstruction runs inline (deterministic: a replay gives the same result every time);
-``threaded=True`` runs it on the worker thread as the live node does, so frames the worker cannot keep
-up with are dropped by ``backlog_policy``.
+``threaded=True`` runs it on the worker thread as the live node does. The bag is then read as fast as
+it can be, far faster than the pipeline runs, so frames are dropped by ``backlog_policy`` unless
+``maximum_backlog_length`` is large (and services wait for the frames handed over before them).
 
 Service calls can be scheduled at bag times (``service_calls``): a call at ``t`` runs after every
 message with bag time ``<= t`` has been delivered and ticked, before the next one; calls after the
@@ -60,7 +61,7 @@ class ServiceCall:
 
     @classmethod
     def of(cls, spec: ServiceCall | Sequence[Any]) -> ServiceCall:
-        """From ``(time_s, service, *args)``, e.g. ``(t, 'save_ply', '/tmp/mesh.ply')`` or ``(t, 'reset')``."""
+        """From ``(time_s, service, *args)``: ``(t, 'save_ply', '/tmp/mesh.ply')``, ``(t, 'reset')``."""
         if isinstance(spec, ServiceCall):
             call = spec
         else:
@@ -71,8 +72,8 @@ class ServiceCall:
             raise ServiceCallError(f"service call {call.service!r}: no such service; expected one of "
                                    f"{', '.join(SERVICES)}")
         if len(call.args) != SERVICES[call.service]:
-            raise ServiceCallError(f"service call {call.service!r} takes {SERVICES[call.service]} argument(s), "
-                                   f"got {len(call.args)}")
+            raise ServiceCallError(f"service call {call.service!r} takes {SERVICES[call.service]} "
+                                   f"argument(s), got {len(call.args)}")
         return call
 
 

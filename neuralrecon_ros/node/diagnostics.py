@@ -133,7 +133,9 @@ class DiagnosticsReporter:
         before = previous.counters()
         return {key: max(0.0, (value - before[key]) / dt) for key, value in sample.counters().items()}
 
-    def _status(self, types: MessageTypes, task: str, level: str, message: str, values: dict[str, Any]) -> Any:
+    def _status(
+        self, types: MessageTypes, task: str, level: str, message: str, values: dict[str, Any]
+    ) -> Any:
         Status = types("diagnostic_msgs/msg/DiagnosticStatus")
         KeyValue = types("diagnostic_msgs/msg/KeyValue")
         return Status(
@@ -151,7 +153,7 @@ class DiagnosticsReporter:
             image_rate_hz=rates["image"],
             queue_length=s.queue_length,
             tf_drops=sum(s.dropped.get(r, 0) for r in TF_DROP_REASONS),
-            dropped_total=sum(count for reason, count in s.dropped.items() if reason not in WORKER_DROP_REASONS),
+            dropped_total=sum(n for reason, n in s.dropped.items() if reason not in WORKER_DROP_REASONS),
             time_jumps=s.time_jumps,
         )
         values.update({f"dropped_{reason}": count for reason, count in s.dropped.items()
@@ -164,7 +166,8 @@ class DiagnosticsReporter:
             message = "dropped since the last report: " + ", ".join(f"{k}={v}" for k, v in new_drops.items())
         elif images_now == images_before:
             level = "WARN"
-            message = f"no image received{f' on {s.image_topic}' if s.image_topic else ''} since the last report"
+            where = f" on {s.image_topic}" if s.image_topic else ""
+            message = f"no image received{where} since the last report"
         else:
             level, message = "OK", f"images at {rates['image']:.1f} Hz"
         return self._status(types, "inputs", level, message, values)
@@ -190,7 +193,8 @@ class DiagnosticsReporter:
         new_drops = _increase({r: s.dropped.get(r, 0) for r in WORKER_DROP_REASONS}, before)
         jumped = s.time_jumps > (previous.time_jumps if previous else 0)
         if new_drops.get("pipeline_error"):
-            level, message = "ERROR", f"{new_drops['pipeline_error']} frame(s) failed in the pipeline (see the log)"
+            level = "ERROR"
+            message = f"{new_drops['pipeline_error']} frame(s) failed in the pipeline (see the log)"
         elif new_drops or jumped:
             level = "WARN"
             parts = [f"{k}={v}" for k, v in new_drops.items()] + (["time jumped back"] if jumped else [])
@@ -214,7 +218,8 @@ class DiagnosticsReporter:
             values.update({f"gpu_memory_{k}_mib": v / MIB for k, v in p.gpu_memory_bytes.items()})
         failed = s.publish_errors - (previous.publish_errors if previous else 0)
         if failed > 0:
-            level, message = "WARN", f"{failed} output(s) failed to publish since the last report (see the log)"
+            level = "WARN"
+            message = f"{failed} output(s) failed to publish since the last report (see the log)"
         else:
             level, message = "OK", f"{p.map_blocks} blocks, {p.map_memory_bytes / MIB:.1f} MiB"
         return self._status(types, "map", level, message, values)

@@ -99,7 +99,7 @@ DROP_REASONS: dict[str, str] = {
     "queue_full": "more frames waiting than maximum_input_queue_length (oldest dropped)",
     "time_backwards": "image not newer than the last processed frame, or waiting when time jumped back",
     "backlog_full": "backlog_policy 'drop_oldest_keyframe': the oldest frame waiting for the worker",
-    "backlog_skip": "backlog_policy 'skip_fragment': frames waiting for the worker, dropped with their fragment",
+    "backlog_skip": "backlog_policy 'skip_fragment': waiting frames, dropped with the fragment being built",
     "pipeline_error": "the reconstruction pipeline raised on the frame (logged)",
 }
 
@@ -529,7 +529,8 @@ class NodeLogic:
                                                  f"{intrinsics.width}x{intrinsics.height}")
         if depth is not None:
             _check_depth(depth, width, height, what)
-        frame = Frame(entry.stamp, image, intrinsics, posed.T_global_camera, depth, entry.frame_id, entry.index)
+        frame = Frame(entry.stamp, image, intrinsics, posed.T_global_camera, depth, entry.frame_id,
+                      entry.index)
         self.pipeline.set_clearing_origin(posed.clearing_origin)
         result = self.pipeline.process(frame)
         self.outputs.note_frame(frame, result, entry.stamp_ns)
@@ -579,7 +580,8 @@ class NodeLogic:
     def _refresh_stats(self) -> None:
         """Worker thread: snapshot the pipeline's statistics for the next diagnostics."""
         self._stats_pending = False
-        self._stats = (gather_pipeline_stats(self.pipeline), dict(self.outputs.published), self.outputs.errors)
+        stats = gather_pipeline_stats(self.pipeline)
+        self._stats = (stats, dict(self.outputs.published), self.outputs.errors)
 
     def _publish_diagnostics(self, now: float, fresh: bool = False) -> None:
         """Publish /diagnostics; the pipeline's statistics come from the worker, which (threaded) may

@@ -14,8 +14,8 @@ computed from the pipeline by :class:`MapOutputs`, which runs on the reconstruct
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -83,14 +83,17 @@ OUTPUTS: tuple[OutputTopic, ...] = (
                 "changed chunks, DELETE for emptied ones, DELETEALL first after a reset or map load",
                 "mesh_publish_rate_hz"),
     OutputTopic("tsdf_voxels", "sensor_msgs/msg/PointCloud2", True,
-                "near-surface TSDF voxels in global_frame (x, y, z, tsdf, weight)", "tsdf_cloud_publish_rate_hz"),
+                "near-surface TSDF voxels in global_frame (x, y, z, tsdf, weight)",
+                "tsdf_cloud_publish_rate_hz"),
     OutputTopic("occupancy_grid", "nav_msgs/msg/OccupancyGrid", True,
                 "2D occupancy of the height band in global_frame, for Nav2", "occupancy_publish_rate_hz"),
     OutputTopic("esdf_slice", "sensor_msgs/msg/PointCloud2", True,
-                "2D ESDF slice in global_frame (x, y, z, distance) at esdf_slice_height_m", "esdf_publish_rate_hz"),
+                "2D ESDF slice in global_frame (x, y, z, distance) at esdf_slice_height_m",
+                "esdf_publish_rate_hz"),
     OutputTopic("fragment_volume", "visualization_msgs/msg/Marker", False,
                 "debug: LINE_LIST box of the fragment being built (the network's volume in neuralrecon "
-                "mode, else the box around the pending keyframes' frusta)", "fragment_volume_publish_rate_hz"),
+                "mode, else the box around the pending keyframes' frusta)",
+                "fragment_volume_publish_rate_hz"),
     OutputTopic("diagnostics", "diagnostic_msgs/msg/DiagnosticArray", False,
                 "node health: rates, drops, latencies, map size, GPU memory", "diagnostics_rate_hz",
                 topic="/diagnostics"),
@@ -124,15 +127,19 @@ class RateLimiter:
 class MapOutputs:
     """Publishes the map outputs of ``pipeline`` when due (call everything from the worker's thread)."""
 
-    def __init__(self, params: NodeParameters, pipeline: ReconstructionPipeline, publisher: Publisher) -> None:
+    def __init__(
+        self, params: NodeParameters, pipeline: ReconstructionPipeline, publisher: Publisher
+    ) -> None:
         self.params = params
         self.pipeline = pipeline
         self.publisher = publisher
-        self.published: Counter[str] = Counter()
-        self.errors = 0
         self._limiters = {key: RateLimiter() for key in (*MAP_OUTPUT_KEYS, "fragment_volume")}
+        #: messages published per output key; every key is there from the start, so other threads can
+        #: copy the dict while the worker counts (its size never changes)
+        self.published: dict[str, int] = dict.fromkeys(self._limiters, 0)
+        self.errors = 0
         self._map_version = 0  # bumped by every map change
-        self._shown_version = dict.fromkeys(self._limiters, 0)  # what each output last showed (0: nothing yet)
+        self._shown_version = dict.fromkeys(self._limiters, 0)  # what each output last showed (0: nothing)
         self._fragment_version = 0
         self.map_stamp_ns = 0  # stamp of the newest frame that changed the map
         self.fragment_stamp_ns = 0  # stamp of the newest keyframe
@@ -166,8 +173,10 @@ class MapOutputs:
         that changed, whatever its period)."""
         grid_cache: dict[str, Any] = {}
         for key in MAP_OUTPUT_KEYS:
-            self._publish_if_due(key, now, final, self._map_version, lambda k=key: self._map_message(k, grid_cache))
-        self._publish_if_due("fragment_volume", now, final, self._fragment_version, self._fragment_volume_message)
+            build = functools.partial(self._map_message, key, grid_cache)
+            self._publish_if_due(key, now, final, self._map_version, build)
+        self._publish_if_due("fragment_volume", now, final, self._fragment_version,
+                             self._fragment_volume_message)
 
     def _publish_if_due(self, key: str, now: float, final: bool, version: int,
                         build: Callable[[], Any | None]) -> None:
@@ -226,10 +235,12 @@ class MapOutputs:
     # --- fragment volume ------------------------------------------------------------------------
 
     def _fragment_volume_message(self) -> Any:
-        types, frame, stamp = self.publisher.types, self.params.global_frame, self.fragment_stamp_ns / NS_PER_S
+        types, frame = self.publisher.types, self.params.global_frame
+        stamp = self.fragment_stamp_ns / NS_PER_S
         corners = fragment_volume_corners(self.pipeline, self._frustum_depth())
         if corners is None:
-            return encode_mesh_marker(types, Mesh(), stamp, frame, ns=FRAGMENT_VOLUME_NS, action=MARKER_DELETE)
+            return encode_mesh_marker(types, Mesh(), stamp, frame, ns=FRAGMENT_VOLUME_NS,
+                                      action=MARKER_DELETE)
         marker = encode_mesh_marker(types, Mesh(), stamp, frame, ns=FRAGMENT_VOLUME_NS,
                                     action=MARKER_ADD, color=FRAGMENT_VOLUME_COLOR)
         Point = types("geometry_msgs/msg/Point")
@@ -284,7 +295,9 @@ def fragment_volume_corners(pipeline: ReconstructionPipeline, frustum_depth_m: f
     return corners @ T[:3, :3].T + T[:3, 3]
 
 
-def _network_volume(pipeline: ReconstructionPipeline, keyframes: list[Frame]) -> tuple[np.ndarray, np.ndarray] | None:
+def _network_volume(
+    pipeline: ReconstructionPipeline, keyframes: list[Frame]
+) -> tuple[np.ndarray, np.ndarray] | None:
     from ..core.network.projection import IMAGE_SIZE_WH, N_VOX, VOXEL_SIZE, derive_fragment_geometry
 
     if keyframes:

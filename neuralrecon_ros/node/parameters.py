@@ -13,6 +13,8 @@ from typing import Any
 from ..core.config import ParameterError, ParamSpec, coerce_value, config_fields, default_of, param, spec_of
 from ..core.keyframes import KeyframeConfig
 from ..core.mapping.config import DepthFusionConfig, MapConfig, MeshingConfig
+from ..core.mapping.memory import MemoryBoundsConfig
+from ..core.mapping.mesh_chunks import MeshChunkConfig
 from ..core.mapping.products import ProductsConfig
 from ..core.network.config import NeuralReconConfig
 from ..core.reconstructor import ReconstructionConfig
@@ -101,6 +103,8 @@ PARAMETER_GROUPS: tuple[type, ...] = (
     MapConfig,
     DepthFusionConfig,
     MeshingConfig,
+    MeshChunkConfig,
+    MemoryBoundsConfig,
     NeuralReconConfig,
     ProductsConfig,
     NodeConfig,

@@ -101,7 +101,8 @@ class Worker(Generic[Item]):
 
     def _check_settings(self) -> None:
         if self.policy not in BACKLOG_POLICIES:
-            raise WorkerError(f"backlog policy must be one of {', '.join(BACKLOG_POLICIES)}, got {self.policy!r}")
+            raise WorkerError(
+                f"backlog policy must be one of {', '.join(BACKLOG_POLICIES)}, got {self.policy!r}")
         if self.maximum_backlog < 1:
             raise WorkerError(f"maximum backlog must be >= 1, got {self.maximum_backlog}")
 
@@ -132,7 +133,8 @@ class Worker(Generic[Item]):
                 else:
                     dropped = self._remove_frames(first_only=False)
                     self.fragments_skipped += 1
-                    self._tasks.append(_Task(job=self.abandon_fragment, future=Future(), name="skip fragment"))
+                    skip = _Task(job=self.abandon_fragment, future=Future(), name="skip fragment")
+                    self._tasks.append(skip)
             self._tasks.append(_Task(item=item))
             self._frames_waiting += 1
             self._cond.notify_all()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +21,10 @@ from neuralrecon_ros.core.reconstructor import MapUpdate
 from neuralrecon_ros.core.timing import StageTimer
 from neuralrecon_ros.core.types import CameraIntrinsics, Fragment, Frame, Mesh
 from neuralrecon_ros.io import messages as m
+from neuralrecon_ros.io.ply import read_ply
+from neuralrecon_ros.node.diagnostics import diagnostic_values
 from neuralrecon_ros.node.logic import DROP_REASONS, RUNTIME_PARAMETERS, NodeLogic
-from neuralrecon_ros.node.parameters import NodeParameters
+from neuralrecon_ros.node.parameters import NodeParameters, parameter_infos
 
 TYPES = m.rosbags_types(get_typestore(Stores.ROS2_HUMBLE))
 INTRINSICS = CameraIntrinsics(20.0, 20.0, 7.5, 5.5, 16, 12)
@@ -540,3 +544,138 @@ def test_garbage_and_reordering_never_crash_and_every_image_is_accounted_for():
     stamps_in = [f.stamp for f in pipeline.frames]
     assert stamps_in == sorted(stamps_in) and len(set(stamps_in)) == len(stamps_in)
     assert {"invalid_transform", "bad_camera_info", "unsupported_encoding"} <= set(logic.dropped)
+
+
+# ------------------------------------------------------------------------------ worker and backlog
+
+
+class GatedPipeline(FakePipeline):
+    """A slow pipeline the test controls: each frame waits until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Semaphore(0)
+        self.started = threading.Semaphore(0)
+
+    def process(self, frame: Frame) -> FrameResult:
+        self.started.release()
+        assert self.gate.acquire(timeout=30.0), "the test never released the frame"
+        return super().process(frame)
+
+
+@pytest.mark.parametrize("policy, reason", [("drop_oldest_keyframe", "backlog_full"),
+                                            ("skip_fragment", "backlog_skip")])
+def test_backlog_policy_when_the_worker_falls_behind(policy, reason):
+    pipeline = GatedPipeline()
+    publisher = RecordingPublisher()
+    values = {**QUIET, "backlog_policy": policy, "maximum_backlog_length": 3, "diagnostics_rate_hz": 1.0}
+    logic = NodeLogic(NodeParameters(values), pipeline, publisher, threaded=True)
+    try:
+        feed(logic, camera_stream(stamps(1)))
+        assert pipeline.started.acquire(timeout=30.0)  # frame 0 is in the pipeline: the worker is busy
+        feed(logic, camera_stream(stamps(6, T0 + 0.1))[1:])  # frames 1..6 are posed meanwhile
+        # drop_oldest_keyframe: 4, 5 and 6 each push out the oldest waiting frame (1, 2, 3);
+        # skip_fragment: 4 finds 1, 2, 3 waiting and drops them with the fragment under construction
+        assert logic.dropped == {reason: 3} and logic.status()["backlog"] == 3
+        assert logic.status()["fragments_skipped"] == (1 if policy == "skip_fragment" else 0)
+        pipeline.gate.release(100)
+        logic.finish()
+    finally:
+        logic.close()
+    assert [f.index for f in pipeline.frames] == [0, 4, 5, 6]
+    assert pipeline.fragments.dropped == (1 if policy == "skip_fragment" else 0)
+    assert_every_image_accounted_for(logic)
+    diagnostics = [msg for key, msg in publisher.published if key == "diagnostics"]
+    reconstruction = diagnostics[-1].status[1]
+    values = diagnostic_values(reconstruction)
+    assert values[f"dropped_{reason}"] == "3" and values["frames"] == "4" and values["backlog_length"] == "0"
+    assert values["fragments_skipped"] == ("1" if policy == "skip_fragment" else "0")
+    assert any(msg.status[1].level == 1 and reason in msg.status[1].message for msg in diagnostics)  # WARN
+
+
+def test_a_frame_failing_in_the_pipeline_is_counted_and_the_rest_goes_on(caplog):
+    logic, pipeline, publisher = make_logic(diagnostics_rate_hz=1.0)
+    pipeline.fail_on = {2}
+    feed(logic, camera_stream(stamps(5)))
+    logic.finish()
+    assert logic.dropped == {"pipeline_error": 1} and [f.index for f in pipeline.frames] == [0, 1, 3, 4]
+    assert "frame 2 (t=1000.200000) failed in the pipeline" in caplog.text
+    assert "boom at frame 2" in caplog.text
+    reconstruction = [msg for key, msg in publisher.published if key == "diagnostics"][-1].status[1]
+    assert reconstruction.level == 2 and "1 frame(s) failed" in reconstruction.message  # ERROR
+
+
+def test_diagnostics_report_drops_rates_and_silence():
+    logic, _, publisher = make_logic(diagnostics_rate_hz=2.0)
+    feed(logic, camera_stream(stamps(10)))  # 1000.0 .. 1000.95 at 10 Hz
+    t = T0 + 1.0
+    feed(logic, [("image", t, image_msg(t, encoding="yuv422"))])
+    feed(logic, [("tf", T0 + 2.0, odom_tf(T0 + 2.0))])  # a second without images
+    logic.finish()
+    reports = [msg for key, msg in publisher.published if key == "diagnostics"]
+    stamps_out = [m.header_stamp(msg) for msg in reports]
+    assert stamps_out == pytest.approx([T0, T0 + 0.5, T0 + 1.0, T0 + 2.0, T0 + 2.0], abs=1e-6)  # every 0.5 s
+    inputs = [diagnostic_values(msg.status[0]) for msg in reports]
+    assert [float(v["image_rate_hz"]) for v in inputs[1:3]] == pytest.approx([10.0, 12.0])  # 5, then 6 images
+    assert [msg.status[0].level for msg in reports] == [1, 0, 1, 1, 1]  # no image yet at the first
+    assert reports[2].status[0].message == "dropped since the last report: unsupported_encoding=1"
+    silence = "no image received on /camera/color/image_raw since the last report"
+    assert reports[3].status[0].message == silence
+    assert inputs[-1]["dropped_unsupported_encoding"] == "1" and inputs[-1]["image_received"] == "11"
+    assert inputs[-1]["queue_length"] == "0" and inputs[-1]["tf_received"] == "21"
+
+
+# ---------------------------------------------------------------------------------------- services
+
+
+def test_file_services_resolve_paths_and_answer_errors(tmp_path):
+    logic, pipeline, _ = make_logic(output_directory=str(tmp_path / "out"))
+    target = tmp_path / "out" / "mesh.ply"
+    assert logic.save_ply("mesh.ply") == (
+        False, f"nothing written to {target}: the mesh is empty (no map yet, or it was reset)")
+    feed(logic, camera_stream(stamps(3)))
+    ok, message = logic.save_ply("sub/mesh.ply")  # relative to output_directory; folders are made
+    assert ok and message == f"wrote 1 triangles, 3 vertices to {tmp_path / 'out' / 'sub' / 'mesh.ply'}"
+    np.testing.assert_array_equal(read_ply(tmp_path / "out" / "sub" / "mesh.ply").vertices[2], [0, 1, 3])
+    assert logic.save_ply("") == (False, "save_ply: the path is empty; give a file path")
+    assert logic.save_ply(str(tmp_path)) == (False, f"save_ply: {tmp_path} is a directory; give a file path")
+    assert logic.resolve_path("~/x.ply") == Path.home() / "x.ply"
+    ok, message = logic.load_map("nothing.nrmap")
+    assert not ok and message == f"map file {tmp_path / 'out' / 'nothing.nrmap'} does not exist"
+    assert len(pipeline.frames) == 3 and pipeline.resets == 0  # the map is untouched
+    assert logic.reset() == (True, "map cleared (0 blocks dropped)") and pipeline.resets == 1
+
+
+def test_update_parameters_applies_runtime_ones_and_refuses_the_rest():
+    logic, pipeline, _ = make_logic()
+    assert logic.update_parameters({"keyframe_min_rotation_deg": 20.0, "backlog_policy": "skip_fragment",
+                                    "maximum_backlog_length": 7, "max_wait_for_pose_s": 5.0})[0]
+    assert pipeline.fragments.config.keyframe_min_rotation_deg == 20.0
+    assert logic.params.max_wait_for_pose_s == 5.0
+    assert (logic.worker.policy, logic.worker.maximum_backlog) == ("skip_fragment", 7)
+    assert logic.tf.cache_time_s == 20.0  # the TF history outlasts the longest wait
+    refused = {
+        "fragment_size": (5, "cannot change fragment_size while the node runs"),
+        "global_frame": ("map", "cannot change global_frame while the node runs"),
+        "voxel_sise": (0.05, "unknown parameter 'voxel_sise'; did you mean voxel_size?"),
+        "keyframe_min_rotation_deg": (200.0, "parameter 'keyframe_min_rotation_deg': 200.0 is out of range"),
+        "occupancy_min_height_m": (3.0, "occupancy_min_height_m (3.0) must not exceed occupancy_max"),
+    }
+    for name, (value, reason) in refused.items():
+        ok, message = logic.update_parameters({"diagnostics_rate_hz": 5.0, name: value})
+        assert not ok and message.startswith(reason), message
+    assert logic.params.diagnostics_rate_hz == 0.0  # all or nothing
+    assert {"keyframe_min_translation_m", "mesh_publish_rate_hz", "on_time_jump"} <= RUNTIME_PARAMETERS
+    assert not {"voxel_size", "mode", "image_topic", "fragment_size"} & RUNTIME_PARAMETERS
+
+
+@pytest.mark.skipif("map_clearing_frame" not in parameter_infos(), reason="MemoryBoundsConfig not registered")
+def test_map_clearing_frame_is_looked_up_at_each_frame():
+    logic, pipeline, _ = make_logic(map_clearing_frame="base_link")
+    feed(logic, camera_stream(stamps(3)))
+    assert len(pipeline.clearing_origins) == 3
+    for origin, t in zip(pipeline.clearing_origins, stamps(3)):
+        np.testing.assert_allclose(origin, T_odom_base(t)[:3, 3], atol=1e-9)
+    logic, pipeline, _ = make_logic()  # default '': the camera (None)
+    feed(logic, camera_stream(stamps(2)))
+    assert pipeline.clearing_origins == [None, None]

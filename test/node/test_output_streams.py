@@ -26,8 +26,8 @@ from neuralrecon_ros.node.logic import DROP_REASONS
 from neuralrecon_ros.node.outputs import OUTPUTS, output_topic_name
 
 RATES = {"mesh_publish_rate_hz": 2.0, "full_mesh_publish_rate_hz": 1.0, "tsdf_cloud_publish_rate_hz": 1.0,
-         "occupancy_publish_rate_hz": 2.0, "esdf_publish_rate_hz": 2.0, "fragment_volume_publish_rate_hz": 4.0,
-         "diagnostics_rate_hz": 2.0}
+         "occupancy_publish_rate_hz": 2.0, "esdf_publish_rate_hz": 2.0,
+         "fragment_volume_publish_rate_hz": 4.0, "diagnostics_rate_hz": 2.0}
 MAP_TOPICS = ("mesh", "tsdf_voxels", "occupancy_grid", "esdf_slice")
 VOXEL = 0.04
 CHUNK_M = 4 * 8 * VOXEL  # mesh_chunk_size_blocks x block_size voxels
@@ -95,7 +95,8 @@ def test_mcap_and_rosbags_read_the_same_messages(run):
         else:
             offset = 4
         sec, nanosec, frame_id = _cdr_header(data, offset)
-        assert (sec, nanosec, frame_id) == (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
+        header = msg.header
+        assert (sec, nanosec, frame_id) == (header.stamp.sec, header.stamp.nanosec, header.frame_id)
 
 
 # ---------------------------------------------------------------------------------------- map outputs
@@ -103,7 +104,7 @@ def test_mcap_and_rosbags_read_the_same_messages(run):
 
 @pytest.mark.parametrize("key", MAP_TOPICS)
 def test_map_outputs_are_stamped_with_their_triggering_message(run, key):
-    recording, result, _, _, _ = run
+    recording = run[0]
     messages = stream(run, key)
     assert len(messages) >= 2
     log_times = [t for t, _ in messages]
@@ -120,7 +121,7 @@ def test_map_outputs_are_stamped_with_their_triggering_message(run, key):
     assert stamps[-1] == log_times[-1] == frames[-1]
 
 
-@pytest.mark.parametrize("key", MAP_TOPICS + ("mesh_markers", "fragment_volume", "diagnostics"))
+@pytest.mark.parametrize("key", [*MAP_TOPICS, "mesh_markers", "fragment_volume", "diagnostics"])
 def test_rates_are_respected_on_message_time(run, key):
     rate = RATES[next(out.rate_parameter for out in OUTPUTS if out.key == key)]
     log_times = [t for t, _ in stream(run, key)][:-1]  # the last one: the final state at finish
@@ -141,7 +142,8 @@ def test_whole_mesh_marker(run):
 def _chunk_of_id(marker_id: int) -> np.ndarray:
     bx, by, bz = ID_BITS
     packed = marker_id & 0xFFFFFFFF
-    fields = [(packed >> (by + bz)) & ((1 << bx) - 1), (packed >> bz) & ((1 << by) - 1), packed & ((1 << bz) - 1)]
+    fields = [(packed >> (by + bz)) & ((1 << bx) - 1), (packed >> bz) & ((1 << by) - 1),
+              packed & ((1 << bz) - 1)]
     return np.array([f - (1 << b) if f >= 1 << (b - 1) else f for f, b in zip(fields, ID_BITS)])
 
 
@@ -245,14 +247,14 @@ def test_fragment_volume_marker_boxes_the_pending_keyframes(run):
 
 
 def test_diagnostics_stream(run):
-    recording, result, pipeline, _, _ = run
+    pipeline = run[2]
     messages = stream(run, "diagnostics")
     assert len(messages) >= 4
     fixed_keys = None
     for log_time, msg in messages:
         assert abs(m.header_stamp_ns(msg) - log_time) < 1000  # the transport clock (bag time), to 1 us
         names = [status.name for status in msg.status]
-        assert names == ["neuralrecon_node: inputs", "neuralrecon_node: reconstruction", "neuralrecon_node: map"]
+        assert names == [f"neuralrecon_node: {task}" for task in ("inputs", "reconstruction", "map")]
         assert all(status.hardware_id == "neuralrecon_node" for status in msg.status)
         keys = {s.name: {k for k in diagnostic_values(s) if not k.startswith("latency_")} for s in msg.status}
         fixed_keys = fixed_keys or keys

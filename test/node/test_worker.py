@@ -135,7 +135,7 @@ def test_clear_frames_keeps_jobs_and_the_frame_in_progress():
 
 def test_settings_are_checked_and_can_change_between_frames():
     pipeline = GatedPipeline(gated=False)
-    with pytest.raises(WorkerError, match="backlog policy must be one of drop_oldest_keyframe, skip_fragment"):
+    with pytest.raises(WorkerError, match="policy must be one of drop_oldest_keyframe, skip_fragment"):
         make_worker(pipeline, policy="newest")
     worker = make_worker(pipeline, threaded=False)
     with pytest.raises(WorkerError, match="maximum backlog must be >= 1"):

@@ -119,7 +119,8 @@ def test_runtime_changes_are_validated_then_handed_to_the_logic(fake_ros):
     assert node.logic.pipeline.fragments.config.keyframe_min_rotation_deg == 20.0
     # ... and refuses, by name, what it reads at start-up only (not read-only for rclpy itself)
     result = node.set_parameters([Parameter("fragment_size", 5)])
-    assert not result.successful and result.reason.startswith("cannot change fragment_size while the node runs")
+    assert not result.successful
+    assert result.reason.startswith("cannot change fragment_size while the node runs")
     assert node.parameters["fragment_size"] == 9  # refused, not silently ignored
     # without the logic's hook a change would be refused rather than ignored
     node.logic.update_parameters = None

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..config import param
 from ..types import Mesh
 from .keys import pack_keys, unpack_keys
-from .meshing import IncrementalMesher
+
+if TYPE_CHECKING:  # only for annotations: reading MeshChunkConfig does not load scikit-image
+    from .meshing import IncrementalMesher
 
 #: bits per axis of a chunk marker id (x, y, z); 32 in total
 ID_BITS = (11, 11, 10)

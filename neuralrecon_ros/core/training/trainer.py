@@ -112,6 +112,9 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
+_FREE_LENGTH = ("lr_milestones", "scannet_train", "scannet_val", "bag_train", "bag_val")
+
+
 def training_config_from_mapping(values: Mapping[str, Any]) -> TrainingConfig:
     """A validated :class:`TrainingConfig` from YAML keys; an unknown key or bad value is a ParameterError."""
     fields = {f.name: f for f in config_fields(TrainingConfig)}
@@ -120,12 +123,16 @@ def training_config_from_mapping(values: Mapping[str, Any]) -> TrainingConfig:
         raise ParameterError(f"unknown training option(s) {', '.join(map(repr, unknown))}; known: "
                              f"{', '.join(fields)}")
     defaults = TrainingConfig()
-    typed = {name: coerce_value(name, value, getattr(defaults, name), spec_of(fields[name]))
+    # lists of free length are checked against an empty default (coerce_value fixes non-empty lengths)
+    typed = {name: coerce_value(name, value, [] if name in _FREE_LENGTH else getattr(defaults, name),
+                                spec_of(fields[name]))
              for name, value in values.items()}
     config = TrainingConfig(**typed)
     for name in ("level_weights", "train_num_samples"):
         if len(getattr(config, name)) != 3:
             raise ParameterError(f"training option '{name}': expected 3 values (one per level)")
+    if any(not isinstance(m, int) or m < 0 for m in config.lr_milestones):
+        raise ParameterError(f"training option 'lr_milestones': expected epoch numbers, got {config.lr_milestones}")
     if any(not isinstance(n, int) or n < 1 for n in config.train_num_samples):
         raise ParameterError(f"training option 'train_num_samples': expected positive integers, "
                              f"got {config.train_num_samples}")

@@ -18,6 +18,17 @@ def small_sequence(seed: int = 3, n_frames: int = 40):
 
 
 @pytest.fixture(scope="session")
+def small_keyframes() -> KeyframeConfig:
+    return SMALL_KEYFRAMES
+
+
+@pytest.fixture(scope="session")
+def small_frames() -> list:
+    """30 rendered frames (160x120) of room 3."""
+    return list(small_sequence(n_frames=30))
+
+
+@pytest.fixture(scope="session")
 def small_scene() -> tuple[PreparedScene, object]:
     """A prepared synthetic room (160x120, 40 frames, 3-keyframe fragments) and its sequence."""
     set_backend("torch")
