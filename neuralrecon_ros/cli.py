@@ -238,7 +238,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train or fine-tune NeuralRecon on synthetic rooms, ScanNet-layout folders and bags (docs/training.md)."""
+    """Train or fine-tune NeuralRecon on synthetic rooms, ScanNet-layout folders, bags (docs/training.md)."""
     import yaml
 
     from .core.training.datasets import DatasetError
@@ -333,12 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_parameter_arguments(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train or fine-tune NeuralRecon from synthetic rooms, ScanNet folders, bags")
+    p = sub.add_parser("train", help="train or fine-tune NeuralRecon (synthetic rooms, ScanNet dirs, bags)")
     p.add_argument("--config", metavar="FILE", help="training options (YAML mapping; see docs/training.md)")
     p.add_argument("-p", "--param", dest="params", action="append", metavar="NAME:=VALUE", default=[],
                    help="override one training option (repeatable)")
     p.add_argument("--output", required=True, metavar="DIR", help="checkpoints, metrics.jsonl, cache")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

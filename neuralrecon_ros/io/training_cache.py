@@ -68,8 +68,9 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise TrainingCacheError(f"training cache file {path} is unreadable: {exc}") from None
 
 
-def save_scene(scene: PreparedScene, folder: str | os.PathLike,
-               keyframe_config: KeyframeConfig | None = None) -> Path:
+def save_scene(
+    scene: PreparedScene, folder: str | os.PathLike, keyframe_config: KeyframeConfig | None = None
+) -> Path:
     """Write ``scene`` into ``folder`` (created); computes missing fragment targets."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -84,8 +85,19 @@ def save_scene(scene: PreparedScene, folder: str | os.PathLike,
         arrays = {
             "images": np.stack([f.image for f in keyframes]),
             "depths": np.stack([np.nan_to_num(np.asarray(f.depth, np.float32), nan=0.0) for f in keyframes]),
-            "intrinsics": np.array([[f.intrinsics.fx, f.intrinsics.fy, f.intrinsics.cx, f.intrinsics.cy,
-                                     f.intrinsics.width, f.intrinsics.height] for f in keyframes]),
+            "intrinsics": np.array(
+                [
+                    [
+                        f.intrinsics.fx,
+                        f.intrinsics.fy,
+                        f.intrinsics.cx,
+                        f.intrinsics.cy,
+                        f.intrinsics.width,
+                        f.intrinsics.height,
+                    ]
+                    for f in keyframes
+                ]
+            ),
             "poses": np.stack([f.T_world_camera for f in keyframes]),
             "stamps": np.array([f.stamp for f in keyframes]),
             "indices": np.array([f.index for f in keyframes], dtype=np.int64),
@@ -96,12 +108,20 @@ def save_scene(scene: PreparedScene, folder: str | os.PathLike,
             arrays[f"target_occupancy_{i}"] = targets.occupancy[i]
         _save_npz(folder / f"fragment_{k:04d}.npz", **arrays)
     if scene.gt_mesh is not None:
-        _save_npz(folder / "gt_mesh.npz", vertices=scene.gt_mesh.vertices.astype(np.float32),
-                  faces=scene.gt_mesh.faces.astype(np.int64))
+        _save_npz(
+            folder / "gt_mesh.npz",
+            vertices=scene.gt_mesh.vertices.astype(np.float32),
+            faces=scene.gt_mesh.faces.astype(np.int64),
+        )
     meta = {
-        "format": FORMAT, "version": VERSION, "name": scene.name, "source": scene.source,
-        "level_voxel_sizes": list(LEVEL_VOXEL_SIZES), "truncation_voxels": TRUNCATION_VOXELS,
-        "max_depth_m": scene.scene_tsdf.max_depth_m, "min_depth_m": scene.scene_tsdf.min_depth_m,
+        "format": FORMAT,
+        "version": VERSION,
+        "name": scene.name,
+        "source": scene.source,
+        "level_voxel_sizes": list(LEVEL_VOXEL_SIZES),
+        "truncation_voxels": TRUNCATION_VOXELS,
+        "max_depth_m": scene.scene_tsdf.max_depth_m,
+        "min_depth_m": scene.scene_tsdf.min_depth_m,
         "n_fragments": len(scene.fragments),
         "keyframes": dataclasses.asdict(keyframe_config) if keyframe_config is not None else None,
     }
@@ -131,7 +151,8 @@ def load_scene(folder: str | os.PathLike) -> PreparedScene:
         raise TrainingCacheError(f"{folder} holds no complete training cache entry ({SCENE_FILE} missing)")
     levels = _load_npz(folder / "scene_tsdf.npz")
     scene_tsdf = SceneTSDF.from_arrays(
-        [(levels[f"coords_{i}"], levels[f"tsdf_{i}"], levels[f"weight_{i}"]) for i in range(N_LEVELS)])
+        [(levels[f"coords_{i}"], levels[f"tsdf_{i}"], levels[f"weight_{i}"]) for i in range(N_LEVELS)]
+    )
     scene_tsdf.max_depth_m, scene_tsdf.min_depth_m = float(meta["max_depth_m"]), float(meta["min_depth_m"])
     fragments, targets = [], []
     for k in range(int(meta["n_fragments"])):
@@ -139,12 +160,25 @@ def load_scene(folder: str | os.PathLike) -> PreparedScene:
         frames = []
         for v in range(len(data["poses"])):
             fx, fy, cx, cy, w, h = data["intrinsics"][v]
-            frames.append(Frame(float(data["stamps"][v]), data["images"][v], CameraIntrinsics(fx, fy, cx, cy, int(w), int(h)),
-                                data["poses"][v], data["depths"][v], "camera", int(data["indices"][v])))
+            frames.append(
+                Frame(
+                    float(data["stamps"][v]),
+                    data["images"][v],
+                    CameraIntrinsics(fx, fy, cx, cy, int(w), int(h)),
+                    data["poses"][v],
+                    data["depths"][v],
+                    "camera",
+                    int(data["indices"][v]),
+                )
+            )
         fragments.append(frames)
-        targets.append(FragmentTargets([data[f"target_tsdf_{i}"].astype(np.float32) for i in range(N_LEVELS)],
-                                       [data[f"target_occupancy_{i}"] for i in range(N_LEVELS)],
-                                       data["vol_origin_voxels"].astype(np.int64)))
+        targets.append(
+            FragmentTargets(
+                [data[f"target_tsdf_{i}"].astype(np.float32) for i in range(N_LEVELS)],
+                [data[f"target_occupancy_{i}"] for i in range(N_LEVELS)],
+                data["vol_origin_voxels"].astype(np.int64),
+            )
+        )
     gt_mesh = None
     if (folder / "gt_mesh.npz").is_file():
         mesh = _load_npz(folder / "gt_mesh.npz")
@@ -152,9 +186,14 @@ def load_scene(folder: str | os.PathLike) -> PreparedScene:
     return PreparedScene(meta["name"], meta["source"], scene_tsdf, fragments, gt_mesh, targets)
 
 
-def cached_scene(cache_dir: str | os.PathLike, name: str, source: str, prepare: Any,
-                 keyframe_config: KeyframeConfig | None = None) -> PreparedScene:
-    """The cache entry ``cache_dir/name`` if it was made from ``source``; else ``prepare()`` it and save it."""
+def cached_scene(
+    cache_dir: str | os.PathLike,
+    name: str,
+    source: str,
+    prepare: Any,
+    keyframe_config: KeyframeConfig | None = None,
+) -> PreparedScene:
+    """The cache entry ``cache_dir/name`` if it was made from ``source``; else ``prepare()`` and save it."""
     folder = Path(cache_dir) / name
     meta = read_scene_meta(folder)
     if meta is not None and meta.get("source") == source:
@@ -176,7 +215,9 @@ def prepare_bag_scene(bag: str | os.PathLike, params: Any, progress: bool = Fals
     from ..node.bag_transport import replay_bag
 
     keyframes = params.group(KeyframeConfig)
-    pipeline, recorder = recording_pipeline(keyframes, network_from_global_config(params.group(NeuralReconConfig)))
+    pipeline, recorder = recording_pipeline(
+        keyframes, network_from_global_config(params.group(NeuralReconConfig))
+    )
     with tempfile.TemporaryDirectory(prefix="neuralrecon_gt_") as scratch:
         replay_bag(bag, scratch, params, pipeline, progress=progress)
     path = Path(bag)
@@ -187,8 +228,9 @@ def prepare_bag_scene(bag: str | os.PathLike, params: Any, progress: bool = Fals
 VALIDATION_SEED_OFFSET = 500_000
 
 
-def training_scenes(config: Any, cache_dir: str | os.PathLike,
-                    progress: bool = False) -> tuple[list[PreparedScene], list[PreparedScene]]:
+def training_scenes(
+    config: Any, cache_dir: str | os.PathLike, progress: bool = False
+) -> tuple[list[PreparedScene], list[PreparedScene]]:
     """The (training, validation) scenes a ``TrainingConfig`` names, prepared once and cached."""
     from ..core.training.datasets import scannet_scene, synthetic_scene
     from ..node.parameters import NODE_NAME, NodeParameters
@@ -199,25 +241,44 @@ def training_scenes(config: Any, cache_dir: str | os.PathLike,
 
     def synthetic(seed: int) -> PreparedScene:
         source = f"synthetic:seed={seed},frames={config.synthetic_frames},size={size[0]}x{size[1]}"
-        return cached_scene(cache_dir, f"synthetic_{seed:06d}", source,
-                            lambda: synthetic_scene(seed, config.synthetic_frames, *size, keyframe_config=keyframes),
-                            keyframes)
+        return cached_scene(
+            cache_dir,
+            f"synthetic_{seed:06d}",
+            source,
+            lambda: synthetic_scene(seed, config.synthetic_frames, *size, keyframe_config=keyframes),
+            keyframes,
+        )
 
     def scannet(folder: str) -> PreparedScene:
         path = Path(folder).resolve()
         source = f"scannet:{path},step={config.scannet_frame_step}"
-        return cached_scene(cache_dir, f"scannet_{path.name}", source,
-                            lambda: scannet_scene(path, keyframes, config.scannet_frame_step), keyframes)
+        return cached_scene(
+            cache_dir,
+            f"scannet_{path.name}",
+            source,
+            lambda: scannet_scene(path, keyframes, config.scannet_frame_step),
+            keyframes,
+        )
 
-    bag_params = NodeParameters(load_parameter_file(config.bag_parameters, NODE_NAME) if config.bag_parameters else {})
+    bag_params = NodeParameters(
+        load_parameter_file(config.bag_parameters, NODE_NAME) if config.bag_parameters else {}
+    )
 
     def bag(path_text: str) -> PreparedScene:
         path = Path(path_text).resolve()
-        return cached_scene(cache_dir, f"bag_{path.stem}", f"bag:{path},params={config.bag_parameters}",
-                            lambda: prepare_bag_scene(path, bag_params, progress), bag_params.group(KeyframeConfig))
+        return cached_scene(
+            cache_dir,
+            f"bag_{path.stem}",
+            f"bag:{path},params={config.bag_parameters}",
+            lambda: prepare_bag_scene(path, bag_params, progress),
+            bag_params.group(KeyframeConfig),
+        )
 
     train = [synthetic(config.synthetic_seed + i) for i in range(config.synthetic_train_scenes)]
     train += [scannet(f) for f in config.scannet_train] + [bag(b) for b in config.bag_train]
-    val = [synthetic(config.synthetic_seed + VALIDATION_SEED_OFFSET + i) for i in range(config.synthetic_val_scenes)]
+    val = [
+        synthetic(config.synthetic_seed + VALIDATION_SEED_OFFSET + i)
+        for i in range(config.synthetic_val_scenes)
+    ]
     val += [scannet(f) for f in config.scannet_val] + [bag(b) for b in config.bag_val]
     return train, val

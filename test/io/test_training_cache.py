@@ -85,7 +85,9 @@ def test_bag_gives_the_same_fragments_as_the_frames(sequence, scene, tmp_path):
     bag = write_synthetic_bag(sequence, tmp_path / "room5.mcap")
     from_bag = prepare_bag_scene(bag, NodeParameters({"fragment_size": 3}))
     assert from_bag.source == f"bag:{bag.resolve()}"
-    assert [[f.index for f in k] for k in from_bag.fragments] == [[f.index for f in k] for k in scene.fragments]
+    assert [[f.index for f in k] for k in from_bag.fragments] == [
+        [f.index for f in k] for k in scene.fragments
+    ]
     for k, keyframes in enumerate(scene.fragments):
         for f, g in zip(from_bag.fragments[k], keyframes):
             np.testing.assert_allclose(f.T_world_camera, g.T_world_camera, atol=1e-6)

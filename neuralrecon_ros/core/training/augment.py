@@ -21,12 +21,19 @@ from ..types import Frame
 
 @dataclass
 class AugmentConfig:
-    random_rotation: bool = param(True, "Rotate each scene (per epoch) by a random angle about the world z axis.")
+    random_rotation: bool = param(
+        True, "Rotate each scene (per epoch) by a random angle about the world z axis."
+    )
     random_translation: bool = param(True, "Shift each scene (per epoch) by a random horizontal offset.")
     max_translation_xy_m: float = param(
-        1.0, "Largest horizontal shift per axis (moves the scene against the 0.32 m volume placement grid).",
-        minimum=0.0, unit="m")
-    max_translation_z_m: float = param(0.025, "Largest vertical shift (upstream PAD_Z_3D).", minimum=0.0, unit="m")
+        1.0,
+        "Largest horizontal shift per axis (moves the scene against the 0.32 m volume placement grid).",
+        minimum=0.0,
+        unit="m",
+    )
+    max_translation_z_m: float = param(
+        0.025, "Largest vertical shift (upstream PAD_Z_3D).", minimum=0.0, unit="m"
+    )
 
 
 def random_transform(rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:

@@ -46,8 +46,9 @@ class RecordingPipeline(ReconstructionPipeline):
         return True
 
 
-def recording_pipeline(keyframe_config: KeyframeConfig | None = None,
-                       T_map_global: np.ndarray | None = None) -> tuple[RecordingPipeline, GroundTruthRecorder]:
+def recording_pipeline(
+    keyframe_config: KeyframeConfig | None = None, T_map_global: np.ndarray | None = None
+) -> tuple[RecordingPipeline, GroundTruthRecorder]:
     """A pipeline whose reconstructor records ground truth (poses mapped by ``T_map_global``: the
     network world, z up and floor at 0)."""
     recorder = GroundTruthRecorder()
@@ -95,8 +96,14 @@ def network_intrinsics(keyframes: list[Frame]) -> np.ndarray:
     return np.stack([f.intrinsics.scaled(width, height).matrix for f in keyframes])
 
 
-def prepare_scene(frames: Iterable[Frame], name: str, source: str, keyframe_config: KeyframeConfig | None = None,
-                  T_map_global: np.ndarray | None = None, gt_mesh: Mesh | None = None) -> PreparedScene:
+def prepare_scene(
+    frames: Iterable[Frame],
+    name: str,
+    source: str,
+    keyframe_config: KeyframeConfig | None = None,
+    T_map_global: np.ndarray | None = None,
+    gt_mesh: Mesh | None = None,
+) -> PreparedScene:
     """Fuse ``frames`` (RGB-D, posed in the global frame) into a :class:`PreparedScene`."""
     pipeline, recorder = recording_pipeline(keyframe_config, T_map_global)
     for frame in frames:
@@ -104,18 +111,28 @@ def prepare_scene(frames: Iterable[Frame], name: str, source: str, keyframe_conf
     return scene_from_recorder(recorder, name, source, gt_mesh)
 
 
-def scene_from_recorder(recorder: GroundTruthRecorder, name: str, source: str,
-                        gt_mesh: Mesh | None = None) -> PreparedScene:
+def scene_from_recorder(
+    recorder: GroundTruthRecorder, name: str, source: str, gt_mesh: Mesh | None = None
+) -> PreparedScene:
     if not recorder.fragments:
         raise DatasetError(
-            f"{source}: no complete fragment ({recorder.scene.frames_integrated} frames with depth): the camera "
-            "must move enough for 9 keyframes (keyframe_min_translation_m / keyframe_min_rotation_deg)"
+            f"{source}: no complete fragment ({recorder.scene.frames_integrated} frames with depth): the "
+            "camera must move enough for a fragment of keyframes (keyframe_min_translation_m / "
+            "keyframe_min_rotation_deg)"
         )
-    return PreparedScene(name, source, recorder.scene, [list(f.keyframes) for f in recorder.fragments], gt_mesh)
+    return PreparedScene(
+        name, source, recorder.scene, [list(f.keyframes) for f in recorder.fragments], gt_mesh
+    )
 
 
-def synthetic_scene(seed: int, n_frames: int = 240, width: int = 320, height: int = 240,
-                    style: str | None = None, keyframe_config: KeyframeConfig | None = None) -> PreparedScene:
+def synthetic_scene(
+    seed: int,
+    n_frames: int = 240,
+    width: int = 320,
+    height: int = 240,
+    style: str | None = None,
+    keyframe_config: KeyframeConfig | None = None,
+) -> PreparedScene:
     """A procedural room (layout, textures and lights from ``seed``) rendered along a trajectory.
 
     The evaluation mesh is the exact surface the camera observed (``observed_mesh``).
@@ -125,8 +142,13 @@ def synthetic_scene(seed: int, n_frames: int = 240, width: int = 320, height: in
     style = style or SYNTHETIC_STYLES[seed % len(SYNTHETIC_STYLES)]
     sequence = make_sequence(seed, n_frames=n_frames, width=width, height=height, style=style)
     gt = observed_mesh(sequence.scene.gt_mesh(), sequence)
-    return prepare_scene(sequence, f"synthetic_{seed:05d}", f"synthetic:seed={seed},style={style},frames={n_frames},"
-                         f"size={width}x{height}", keyframe_config, gt_mesh=gt)
+    return prepare_scene(
+        sequence,
+        f"synthetic_{seed:05d}",
+        f"synthetic:seed={seed},style={style},frames={n_frames},size={width}x{height}",
+        keyframe_config,
+        gt_mesh=gt,
+    )
 
 
 # ------------------------------------------------------------------------------ ScanNet-layout folders
@@ -167,8 +189,9 @@ def reproject_depth(depth: np.ndarray, K_depth: np.ndarray, K_target: np.ndarray
     return out
 
 
-def scannet_frames(folder: str | Path, frame_step: int = 1, depth_scale: float = 1000.0,
-                   stamp_period_s: float = 1.0 / 30.0) -> Iterator[Frame]:
+def scannet_frames(
+    folder: str | Path, frame_step: int = 1, depth_scale: float = 1000.0, stamp_period_s: float = 1.0 / 30.0
+) -> Iterator[Frame]:
     """Frames of a ScanNet-layout folder: ``color/<n>.jpg``, ``depth/<n>.png`` (uint16, ``depth_scale``
     units per metre), ``pose/<n>.txt`` (4x4 T_world_camera, optical frame), ``intrinsic/intrinsic_color.txt``
     (and ``intrinsic_depth.txt`` if the depth camera differs). Frames with a non-finite pose are skipped,
@@ -178,12 +201,14 @@ def scannet_frames(folder: str | Path, frame_step: int = 1, depth_scale: float =
     root = Path(folder)
     for sub in ("color", "depth", "pose", "intrinsic"):
         if not (root / sub).is_dir():
-            raise DatasetError(f"{root} is not a ScanNet-layout folder: it lacks {sub}/ "
-                               "(expected color/, depth/, pose/, intrinsic/)")
+            raise DatasetError(
+                f"{root} is not a ScanNet-layout folder: it lacks {sub}/ "
+                "(expected color/, depth/, pose/, intrinsic/)"
+            )
     colors = _numbered(root / "color", (".jpg", ".jpeg", ".png"))
     depths = _numbered(root / "depth", (".png",))
     poses = _numbered(root / "pose", (".txt",))
-    indices = sorted(set(colors) & set(depths) & set(poses))[::max(1, frame_step)]
+    indices = sorted(set(colors) & set(depths) & set(poses))[:: max(1, frame_step)]
     if not indices:
         raise DatasetError(f"{root}: no frame number has a colour image, a depth image and a pose")
     K_color = _read_matrix(root / "intrinsic" / "intrinsic_color.txt", "colour intrinsics")[:3, :3]
@@ -209,11 +234,16 @@ def scannet_frames(folder: str | Path, frame_step: int = 1, depth_scale: float =
         yield Frame(n * stamp_period_s, image, intrinsics, T, depth, "camera", n)
 
 
-def scannet_scene(folder: str | Path, keyframe_config: KeyframeConfig | None = None, frame_step: int = 1,
-                  T_map_global: np.ndarray | None = None) -> PreparedScene:
+def scannet_scene(
+    folder: str | Path,
+    keyframe_config: KeyframeConfig | None = None,
+    frame_step: int = 1,
+    T_map_global: np.ndarray | None = None,
+) -> PreparedScene:
     root = Path(folder)
-    return prepare_scene(scannet_frames(root, frame_step), root.name, f"scannet:{root}", keyframe_config,
-                         T_map_global)
+    return prepare_scene(
+        scannet_frames(root, frame_step), root.name, f"scannet:{root}", keyframe_config, T_map_global
+    )
 
 
 # ------------------------------------------------------------------------------ samples
@@ -228,8 +258,9 @@ class TrainingSample:
     fragment: int
 
 
-def make_sample(scene: PreparedScene, index: int, T_aug: np.ndarray | None = None,
-                device: str | torch.device = "cpu") -> TrainingSample:
+def make_sample(
+    scene: PreparedScene, index: int, T_aug: np.ndarray | None = None, device: str | torch.device = "cpu"
+) -> TrainingSample:
     """Network inputs and targets of fragment ``index``, the world moved by ``T_aug`` (None: as recorded)."""
     keyframes = scene.fragments[index]
     if T_aug is not None:
@@ -239,5 +270,7 @@ def make_sample(scene: PreparedScene, index: int, T_aug: np.ndarray | None = Non
     if T_aug is None:
         targets = scene.fragment_targets(index)
     else:
-        targets = fragment_targets(scene.scene_tsdf, keyframes, geometry.vol_origin_voxels.numpy(), invert(T_aug))
+        targets = fragment_targets(
+            scene.scene_tsdf, keyframes, geometry.vol_origin_voxels.numpy(), invert(T_aug)
+        )
     return TrainingSample(images, geometry.to(device), targets, scene.name, index)

@@ -47,10 +47,18 @@ class PassResult:
         return out
 
 
-def training_pass(model: NeuralRecon, images: torch.Tensor, geometry: FragmentGeometry, targets: FragmentTargets,
-                  fusion: bool, num_samples: Sequence[int] = TRAIN_NUM_SAMPLE, pos_weight: float = POS_WEIGHT,
-                  level_weights: Sequence[float] = LEVEL_WEIGHTS, generator: torch.Generator | None = None,
-                  half_precision: bool = False) -> PassResult:
+def training_pass(
+    model: NeuralRecon,
+    images: torch.Tensor,
+    geometry: FragmentGeometry,
+    targets: FragmentTargets,
+    fusion: bool,
+    num_samples: Sequence[int] = TRAIN_NUM_SAMPLE,
+    pos_weight: float = POS_WEIGHT,
+    level_weights: Sequence[float] = LEVEL_WEIGHTS,
+    generator: torch.Generator | None = None,
+    half_precision: bool = False,
+) -> PassResult:
     """Run ``model`` on one fragment in training mode and return its loss (call ``backward`` on it).
 
     ``images`` (V, 3, 480, 640) float32 RGB 0..255 and ``geometry`` on the model's device. With
@@ -68,15 +76,28 @@ def training_pass(model: NeuralRecon, images: torch.Tensor, geometry: FragmentGe
             coords = dense_grid(interval, device)
         else:
             coords, feats = split_voxels(coords, feats, interval)
-        projected = back_project(coords, geometry.vol_origin_partial, VOXEL_SIZE, features[N_LEVELS - 1 - level],
-                                 geometry.proj_matrices[:, N_LEVELS - 1 - level])
+        projected = back_project(
+            coords,
+            geometry.vol_origin_partial,
+            VOXEL_SIZE,
+            features[N_LEVELS - 1 - level],
+            geometry.proj_matrices[:, N_LEVELS - 1 - level],
+        )
         inputs = projected.features if feats is None else torch.cat([projected.features, feats], dim=1)
         world = voxel_positions_f32(coords, VOXEL_SIZE, geometry.vol_origin_partial)
         points = affine_f32(geometry.world_to_aligned_camera[:3], world)
-        feats = net.sp_convs[level](PointTensor(inputs, torch.cat([points, points.new_zeros((len(points), 1))], 1)))
+        feats = net.sp_convs[level](
+            PointTensor(inputs, torch.cat([points, points.new_zeros((len(points), 1))], 1))
+        )
         if fusion:
-            fused = net.gru_fusion(level, coords // interval, feats, geometry.vol_origin_voxels,
-                                   geometry.vol_origin_partial, geometry.world_to_aligned_camera)
+            fused = net.gru_fusion(
+                level,
+                coords // interval,
+                feats,
+                geometry.vol_origin_voxels,
+                geometry.vol_origin_partial,
+                geometry.world_to_aligned_camera,
+            )
             coords, feats = fused.coords * interval, fused.feats
             mask = torch.ones(len(coords), dtype=torch.bool, device=device)
         else:

@@ -37,9 +37,14 @@ def log_transform(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log(x.abs() + 1.0)
 
 
-def level_loss(tsdf: torch.Tensor, occ_logits: torch.Tensor, tsdf_target: torch.Tensor,
-               occ_target: torch.Tensor, mask: torch.Tensor | None = None,
-               pos_weight: float = POS_WEIGHT) -> LevelLoss:
+def level_loss(
+    tsdf: torch.Tensor,
+    occ_logits: torch.Tensor,
+    tsdf_target: torch.Tensor,
+    occ_target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    pos_weight: float = POS_WEIGHT,
+) -> LevelLoss:
     """The loss of one level over voxels ``mask`` (all when None); zero (still differentiable) when the
     ground truth has no occupied voxel there, as upstream."""
     n = tsdf.shape[0]
@@ -49,14 +54,23 @@ def level_loss(tsdf: torch.Tensor, occ_logits: torch.Tensor, tsdf_target: torch.
     if occ_target.dtype != torch.bool:
         raise LossError(f"occ_target must be bool, got {occ_target.dtype}")
     if mask is not None:
-        tsdf, occ_logits, tsdf_target, occ_target = tsdf[mask], occ_logits[mask], tsdf_target[mask], occ_target[mask]
+        tsdf, occ_logits, tsdf_target, occ_target = (
+            tsdf[mask],
+            occ_logits[mask],
+            tsdf_target[mask],
+            occ_target[mask],
+        )
     n_all = int(occ_target.numel())
     n_pos = int(occ_target.sum())
     if n_pos == 0:
         zero = (tsdf.sum() + occ_logits.sum()) * 0.0  # keeps the graph (and DDP-style bookkeeping) intact
         return LevelLoss(zero, 0.0, 0.0, n_all, 0)
-    weight = torch.tensor((n_all - n_pos) / n_pos * pos_weight, dtype=occ_logits.dtype, device=occ_logits.device)
-    occ_loss = F.binary_cross_entropy_with_logits(occ_logits, occ_target.to(occ_logits.dtype), pos_weight=weight)
+    weight = torch.tensor(
+        (n_all - n_pos) / n_pos * pos_weight, dtype=occ_logits.dtype, device=occ_logits.device
+    )
+    occ_loss = F.binary_cross_entropy_with_logits(
+        occ_logits, occ_target.to(occ_logits.dtype), pos_weight=weight
+    )
     tsdf_loss = (log_transform(tsdf[occ_target]) - log_transform(tsdf_target[occ_target])).abs().mean()
     return LevelLoss(occ_loss + tsdf_loss, float(occ_loss.detach()), float(tsdf_loss.detach()), n_all, n_pos)
 
@@ -65,4 +79,7 @@ def weighted_total(losses: Sequence[LevelLoss], weights: Sequence[float] = LEVEL
     """Sum of the level losses times their weights (levels that did not run contribute nothing)."""
     if not losses:
         raise LossError("no level loss to sum")
-    return sum((w * loss.total for w, loss in zip(weights, losses)), start=torch.zeros((), device=losses[0].total.device))
+    return sum(
+        (w * loss.total for w, loss in zip(weights, losses)),
+        start=torch.zeros((), device=losses[0].total.device),
+    )

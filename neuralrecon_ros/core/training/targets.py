@@ -72,8 +72,10 @@ def level_grid_points(vol_origin_voxels: np.ndarray, level: int) -> np.ndarray:
 def depth_intrinsics(frame: Frame) -> tuple[np.ndarray, CameraIntrinsics]:
     """The frame's depth image and the intrinsics rescaled to its size (depth registered to colour)."""
     if frame.depth is None:
-        raise TargetError(f"frame {frame.index} (t={frame.stamp:.6f}) has no depth image: ground truth "
-                          "needs depth with every frame (an RGB-D recording)")
+        raise TargetError(
+            f"frame {frame.index} (t={frame.stamp:.6f}) has no depth image: ground truth "
+            "needs depth with every frame (an RGB-D recording)"
+        )
     depth = np.asarray(frame.depth, dtype=np.float32)
     if depth.ndim != 2:
         raise TargetError(f"frame {frame.index}: depth must be (H, W), got shape {depth.shape}")
@@ -86,10 +88,16 @@ def depth_intrinsics(frame: Frame) -> tuple[np.ndarray, CameraIntrinsics]:
 class SceneTSDF:
     """The full-scene TSDF at every network level, fused from depth images by the product's TSDFMap."""
 
-    def __init__(self, device: str | torch.device = "cpu", max_depth_m: float = GT_MAX_DEPTH_M,
-                 min_depth_m: float = GT_MIN_DEPTH_M) -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        max_depth_m: float = GT_MAX_DEPTH_M,
+        min_depth_m: float = GT_MIN_DEPTH_M,
+    ) -> None:
         self.maps = [
-            TSDFMap(MapConfig(voxel_size=size, block_size=8, truncation_distance_vox=TRUNCATION_VOXELS), device)
+            TSDFMap(
+                MapConfig(voxel_size=size, block_size=8, truncation_distance_vox=TRUNCATION_VOXELS), device
+            )
             for size in LEVEL_VOXEL_SIZES
         ]
         self.max_depth_m = max_depth_m
@@ -101,8 +109,13 @@ class SceneTSDF:
         depth, intrinsics = depth_intrinsics(frame)
         update = MapUpdate()
         for tsdf_map in self.maps:
-            update = tsdf_map.integrate_depth(depth, intrinsics, frame.T_world_camera,
-                                              max_depth_m=self.max_depth_m, min_depth_m=self.min_depth_m)
+            update = tsdf_map.integrate_depth(
+                depth,
+                intrinsics,
+                frame.T_world_camera,
+                max_depth_m=self.max_depth_m,
+                min_depth_m=self.min_depth_m,
+            )
         self.frames_integrated += 1
         return update
 
@@ -111,17 +124,25 @@ class SceneTSDF:
         return self.maps[level].voxels()  # type: ignore[return-value]
 
     @classmethod
-    def from_arrays(cls, levels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    device: str | torch.device = "cpu") -> SceneTSDF:
+    def from_arrays(
+        cls, levels: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], device: str | torch.device = "cpu"
+    ) -> SceneTSDF:
         """Rebuild from :meth:`arrays` of every level (e.g. read from the training cache)."""
         if len(levels) != N_LEVELS:
             raise TargetError(f"expected {N_LEVELS} levels of scene TSDF, got {len(levels)}")
         scene = cls(device)
         for tsdf_map, (coords, tsdf, weight) in zip(scene.maps, levels):
             coords = np.asarray(coords, dtype=np.int64)
-            if coords.ndim != 2 or coords.shape[1] != 3 or len(tsdf) != len(coords) or len(weight) != len(coords):
-                raise TargetError(f"scene TSDF arrays disagree: coords {coords.shape}, tsdf {np.shape(tsdf)}, "
-                                  f"weight {np.shape(weight)}")
+            if (
+                coords.ndim != 2
+                or coords.shape[1] != 3
+                or len(tsdf) != len(coords)
+                or len(weight) != len(coords)
+            ):
+                raise TargetError(
+                    f"scene TSDF arrays disagree: coords {coords.shape}, tsdf {np.shape(tsdf)}, "
+                    f"weight {np.shape(weight)}"
+                )
             tsdf_map.set_voxels(coords, np.asarray(tsdf, np.float32), np.asarray(weight, np.float32))
         return scene
 
@@ -133,7 +154,9 @@ class SceneTSDF:
         """
         size = LEVEL_VOXEL_SIZES[level]
         scaled = np.asarray(points, dtype=np.float64) / size
-        base = np.floor(scaled + 1e-9).astype(np.int64)  # a grid point computed a hair low is still that point
+        base = np.floor(scaled + 1e-9).astype(
+            np.int64
+        )  # a grid point computed a hair low is still that point
         frac = np.clip(scaled - base, 0.0, 1.0)
         tsdf_sum = np.zeros(len(scaled))
         weight_sum = np.zeros(len(scaled))
@@ -149,8 +172,13 @@ class SceneTSDF:
         return values.astype(np.float32), observed
 
 
-def fragment_visibility(keyframes: Sequence[Frame], points: np.ndarray, truncation_m: float,
-                        max_depth_m: float = GT_MAX_DEPTH_M, min_depth_m: float = GT_MIN_DEPTH_M) -> np.ndarray:
+def fragment_visibility(
+    keyframes: Sequence[Frame],
+    points: np.ndarray,
+    truncation_m: float,
+    max_depth_m: float = GT_MAX_DEPTH_M,
+    min_depth_m: float = GT_MIN_DEPTH_M,
+) -> np.ndarray:
     """Bool (N,): world ``points`` that a depth fusion of ``keyframes`` alone would update.
 
     Same test as :meth:`TSDFMap.integrate_depth`: the point projects (nearest pixel) onto a valid depth
@@ -190,8 +218,12 @@ class FragmentTargets:
         return tsdf[index[:, 0], index[:, 1], index[:, 2]], occupancy[index[:, 0], index[:, 1], index[:, 2]]
 
 
-def fragment_targets(scene: SceneTSDF, keyframes: Sequence[Frame], vol_origin_voxels: np.ndarray,
-                     T_scene_world: np.ndarray | None = None) -> FragmentTargets:
+def fragment_targets(
+    scene: SceneTSDF,
+    keyframes: Sequence[Frame],
+    vol_origin_voxels: np.ndarray,
+    T_scene_world: np.ndarray | None = None,
+) -> FragmentTargets:
     """Per-level targets of the fragment volume at ``vol_origin_voxels`` (see the module doc).
 
     ``keyframes`` carry poses in the fragment's world; ``T_scene_world`` maps that world into the
@@ -202,7 +234,9 @@ def fragment_targets(scene: SceneTSDF, keyframes: Sequence[Frame], vol_origin_vo
     for level in range(N_LEVELS):
         n = level_dim(level)
         points = level_grid_points(origin, level)
-        scene_points = points if T_scene_world is None else points @ T_scene_world[:3, :3].T + T_scene_world[:3, 3]
+        scene_points = (
+            points if T_scene_world is None else points @ T_scene_world[:3, :3].T + T_scene_world[:3, 3]
+        )
         tsdf, observed = scene.sample(level, scene_points)
         truncation = TRUNCATION_VOXELS * LEVEL_VOXEL_SIZES[level]
         seen = fragment_visibility(keyframes, points, truncation, scene.max_depth_m, scene.min_depth_m)

@@ -21,6 +21,7 @@ Files in ``output_dir``:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..config import ParameterError, coerce_value, config_fields, param, spec_of
 from ..mapping.config import MeshingConfig
@@ -59,19 +61,26 @@ METRICS_LOG = "metrics.jsonl"
 @dataclass
 class TrainingConfig:
     # --- data
-    synthetic_train_scenes: int = param(8, "Synthetic rooms to train on (seeds synthetic_seed ...).", minimum=0)
+    synthetic_train_scenes: int = param(
+        8, "Synthetic rooms to train on (seeds synthetic_seed ...).", minimum=0
+    )
     synthetic_val_scenes: int = param(2, "Held-out synthetic rooms for validation (other seeds).", minimum=0)
-    synthetic_seed: int = param(1000, "First training seed; validation seeds start at synthetic_seed + 500000.")
+    synthetic_seed: int = param(
+        1000, "First training seed; validation seeds start at synthetic_seed + 500000."
+    )
     synthetic_frames: int = param(240, "Frames rendered per synthetic room.", minimum=20)
-    synthetic_width: int = param(320, "Render width of synthetic frames (the network resizes to 640x480).",
-                                 minimum=32, maximum=1280)
+    synthetic_width: int = param(
+        320, "Render width of synthetic frames (the network resizes to 640x480).", minimum=32, maximum=1280
+    )
     synthetic_height: int = param(240, "Render height of synthetic frames.", minimum=24, maximum=960)
     scannet_train: list = param([], "ScanNet-layout folders (color/ depth/ pose/ intrinsic/) to train on.")
     scannet_val: list = param([], "ScanNet-layout folders for validation.")
     scannet_frame_step: int = param(1, "Use every n-th frame of ScanNet-layout folders.", minimum=1)
     bag_train: list = param([], "ROS 2 bags (RGB-D + poses) to train on, read by the node logic.")
     bag_val: list = param([], "ROS 2 bags for validation.")
-    bag_parameters: str = param("", "Node parameter file for the bags (topics, frames, floor height); '' = defaults.")
+    bag_parameters: str = param(
+        "", "Node parameter file for the bags (topics, frames, floor height); '' = defaults."
+    )
     cache_dir: str = param("", "Where prepared scenes are cached; '' = <output_dir>/cache.")
     # --- schedule
     phase1_epochs: int = param(20, "Epochs without GRU fusion (upstream 0-20).", minimum=0)
@@ -81,9 +90,13 @@ class TrainingConfig:
     lr_gamma: float = param(0.5, "Learning-rate decay factor at each milestone.", minimum=0.0, maximum=1.0)
     weight_decay: float = param(0.0, "Adam weight decay.", minimum=0.0)
     grad_clip_norm: float = param(1.0, "Gradient norm clip (0 = none).", minimum=0.0)
-    pos_weight: float = param(1.5, "Occupancy positive-class weight factor (upstream POS_WEIGHT).", minimum=0.0)
+    pos_weight: float = param(
+        1.5, "Occupancy positive-class weight factor (upstream POS_WEIGHT).", minimum=0.0
+    )
     level_weights: list = param([1.0, 0.8, 0.64], "Loss weight of each level, coarse first (upstream LW).")
-    train_num_samples: list = param([4096, 16384, 65536], "Most voxels passed on by each level (TRAIN_NUM_SAMPLE).")
+    train_num_samples: list = param(
+        [4096, 16384, 65536], "Most voxels passed on by each level (TRAIN_NUM_SAMPLE)."
+    )
     # --- augmentation
     random_rotation: bool = param(True, "Rotate each scene per epoch by a random angle about z.")
     random_translation: bool = param(True, "Shift each scene per epoch by a random offset.")
@@ -93,16 +106,26 @@ class TrainingConfig:
     device: str = param("auto", "Torch device.", choices=("cpu", "cuda", "auto"))
     mixed_precision: bool = param(True, "CUDA only: 2D backbone under float16 autocast with loss scaling.")
     num_threads: int = param(0, "CPU threads for torch (0 = torch's default).", minimum=0)
-    init_checkpoint: str = param("", "Fine-tune: start from these weights (upstream model_000047.ckpt or ours).")
+    init_checkpoint: str = param(
+        "", "Fine-tune: start from these weights (upstream model_000047.ckpt or ours)."
+    )
     checkpoint_every_steps: int = param(25, "Write last.ckpt every this many steps.", minimum=1)
     validate_every_epochs: int = param(1, "Validate every this many epochs (0 = only at the end).", minimum=0)
-    max_train_time_s: float = param(0.0, "Stop (with a checkpoint) after this much training time; 0 = no limit.",
-                                    minimum=0.0, unit="s")
+    bn_recalibration_fragments: int = param(
+        0,
+        "Before validating, re-estimate BatchNorm statistics on this many training fragments (a copy of the "
+        "model; saved as model_<epoch>_bn.ckpt). Helps short runs from scratch; 0 = off, as upstream.",
+        minimum=0,
+    )
+    max_train_time_s: float = param(
+        0.0, "Stop (with a checkpoint) after this much training time; 0 = no limit.", minimum=0.0, unit="s"
+    )
     seed: int = param(0, "Seed of scene order, augmentation and voxel sampling.")
 
     def augment(self) -> AugmentConfig:
-        return AugmentConfig(self.random_rotation, self.random_translation, self.max_translation_xy_m,
-                             self.max_translation_z_m)
+        return AugmentConfig(
+            self.random_rotation, self.random_translation, self.max_translation_xy_m, self.max_translation_z_m
+        )
 
     @property
     def total_epochs(self) -> int:
@@ -120,22 +143,29 @@ def training_config_from_mapping(values: Mapping[str, Any]) -> TrainingConfig:
     fields = {f.name: f for f in config_fields(TrainingConfig)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ParameterError(f"unknown training option(s) {', '.join(map(repr, unknown))}; known: "
-                             f"{', '.join(fields)}")
+        raise ParameterError(
+            f"unknown training option(s) {', '.join(map(repr, unknown))}; known: {', '.join(fields)}"
+        )
     defaults = TrainingConfig()
     # lists of free length are checked against an empty default (coerce_value fixes non-empty lengths)
-    typed = {name: coerce_value(name, value, [] if name in _FREE_LENGTH else getattr(defaults, name),
-                                spec_of(fields[name]))
-             for name, value in values.items()}
+    typed = {
+        name: coerce_value(
+            name, value, [] if name in _FREE_LENGTH else getattr(defaults, name), spec_of(fields[name])
+        )
+        for name, value in values.items()
+    }
     config = TrainingConfig(**typed)
     for name in ("level_weights", "train_num_samples"):
         if len(getattr(config, name)) != 3:
             raise ParameterError(f"training option '{name}': expected 3 values (one per level)")
     if any(not isinstance(m, int) or m < 0 for m in config.lr_milestones):
-        raise ParameterError(f"training option 'lr_milestones': expected epoch numbers, got {config.lr_milestones}")
+        raise ParameterError(
+            f"training option 'lr_milestones': expected epoch numbers, got {config.lr_milestones}"
+        )
     if any(not isinstance(n, int) or n < 1 for n in config.train_num_samples):
-        raise ParameterError(f"training option 'train_num_samples': expected positive integers, "
-                             f"got {config.train_num_samples}")
+        raise ParameterError(
+            f"training option 'train_num_samples': expected positive integers, got {config.train_num_samples}"
+        )
     return config
 
 
@@ -147,10 +177,16 @@ def learning_rate_at(config: TrainingConfig, epoch: int) -> float:
 class Trainer:
     """Trains a :class:`NeuralRecon` on prepared scenes; see the module doc for files and schedule."""
 
-    def __init__(self, config: TrainingConfig, train_scenes: Sequence[PreparedScene],
-                 val_scenes: Sequence[PreparedScene], output_dir: str | os.PathLike,
-                 progress: bool = True, model: NeuralRecon | None = None,
-                 write_text: Callable[[Path, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        train_scenes: Sequence[PreparedScene],
+        val_scenes: Sequence[PreparedScene],
+        output_dir: str | os.PathLike,
+        progress: bool = True,
+        model: NeuralRecon | None = None,
+        write_text: Callable[[Path, str], None] | None = None,
+    ) -> None:
         """``write_text(path, text)`` writes the small state files; pass an atomic writer (the CLI passes
         ``io.atomic.atomic_write_text``; the core cannot import io). Default: ``Path.write_text``."""
         if not train_scenes:
@@ -165,8 +201,12 @@ class Trainer:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.model = (model or NeuralRecon()).to(self.device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999),
-                                          weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(),
+            lr=config.learning_rate,
+            betas=(0.9, 0.999),
+            weight_decay=config.weight_decay,
+        )
         self.amp = config.mixed_precision and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch = 0  # the epoch in progress (or next to run)
@@ -210,13 +250,19 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(content["optimizer"])
             except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"checkpoint {str(path)!r}: optimizer state does not fit: {exc}") from None
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r}: optimizer state does not fit: {exc}"
+                ) from None
         return int(info.epoch or 0)
 
     def _save_last(self) -> None:
         self.save(self.output_dir / LAST_CHECKPOINT, self.epoch - 1)
-        state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
-                 "train_time_s": self.train_time_s}
+        state = {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "train_time_s": self.train_time_s,
+        }
         self._write_text(self.output_dir / LAST_STATE, json.dumps(state) + "\n")
 
     # ------------------------------------------------------------------ loop
@@ -236,7 +282,8 @@ class Trainer:
         return plan
 
     def run(self, time_limit_s: float | None = None) -> dict[str, Any]:
-        """Train until the schedule ends or the time limit; returns the last validation record (or {})."""
+        """Train until the schedule ends or the time limit (then validate once more and checkpoint);
+        returns the last validation record (or {})."""
         from tqdm import tqdm
 
         limit = time_limit_s if time_limit_s is not None else (self.config.max_train_time_s or math.inf)
@@ -247,15 +294,21 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             plan = self.epoch_plan(self.epoch)
-            bar = tqdm(total=len(plan), initial=self.step_in_epoch, desc=f"epoch {self.epoch}", unit="frag",
-                       disable=not self.progress, leave=False)
+            bar = tqdm(
+                total=len(plan),
+                initial=self.step_in_epoch,
+                desc=f"epoch {self.epoch}",
+                unit="frag",
+                disable=not self.progress,
+                leave=False,
+            )
             previous_scene = None
-            for s, f, T_aug in plan[self.step_in_epoch:]:
+            for s, f, T_aug in plan[self.step_in_epoch :]:
                 if self.train_time_s >= limit:
                     bar.close()
                     self._save_last()
                     log.info("time limit reached after %.0f s of training", self.train_time_s)
-                    return last_val
+                    return self.validate() if self.val_scenes else last_val
                 if s != previous_scene or f == 0:
                     self.model.reset_state()
                     previous_scene = s
@@ -264,9 +317,19 @@ class Trainer:
                 self.train_time_s += time.perf_counter() - started
                 self.step_in_epoch += 1
                 self.global_step += 1
-                self._log({"type": "train", "epoch": self.epoch, "step": self.global_step, "phase": 2 if fusion else 1,
-                           "lr": lr, "scene": self.train_scenes[s].name, "fragment": f,
-                           "train_time_s": round(self.train_time_s, 2), **record})
+                self._log(
+                    {
+                        "type": "train",
+                        "epoch": self.epoch,
+                        "step": self.global_step,
+                        "phase": 2 if fusion else 1,
+                        "lr": lr,
+                        "scene": self.train_scenes[s].name,
+                        "fragment": f,
+                        "train_time_s": round(self.train_time_s, 2),
+                        **record,
+                    }
+                )
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 bar.update()
                 if self.global_step % self.config.checkpoint_every_steps == 0:
@@ -278,17 +341,30 @@ class Trainer:
             self.step_in_epoch = 0
             self._save_last()
             every = self.config.validate_every_epochs
-            if self.val_scenes and ((every and self.epoch % every == 0) or self.epoch == self.config.total_epochs):
+            if self.val_scenes and (
+                (every and self.epoch % every == 0) or self.epoch == self.config.total_epochs
+            ):
                 last_val = self.validate()
         return last_val
 
-    def train_step(self, scene: PreparedScene, fragment: int, T_aug: np.ndarray | None, fusion: bool) -> dict[str, Any]:
+    def train_step(
+        self, scene: PreparedScene, fragment: int, T_aug: np.ndarray | None, fusion: bool
+    ) -> dict[str, Any]:
         """One optimisation step on one fragment; returns its loss record."""
         sample = make_sample(scene, fragment, T_aug, self.device)
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.global_step)
-        result = training_pass(self.model, sample.images, sample.geometry, sample.targets, fusion,
-                               self.config.train_num_samples, self.config.pos_weight, self.config.level_weights,
-                               generator, half_precision=self.amp)
+        result = training_pass(
+            self.model,
+            sample.images,
+            sample.geometry,
+            sample.targets,
+            fusion,
+            self.config.train_num_samples,
+            self.config.pos_weight,
+            self.config.level_weights,
+            generator,
+            half_precision=self.amp,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         if result.loss.requires_grad:
             self.scaler.scale(result.loss).backward()
@@ -303,30 +379,83 @@ class Trainer:
 
     def validate(self) -> dict[str, Any]:
         """F-score (5 cm) of the network's reconstruction of each validation scene, next to depth fusion's."""
-        scenes = [self.evaluate_scene(scene) for scene in self.val_scenes]
+        model = self.model
+        if self.config.bn_recalibration_fragments:
+            model = copy.deepcopy(self.model)
+            fragments = self.config.bn_recalibration_fragments
+            recalibrate_batchnorm(model, self.train_scenes, fragments, self.device)
+            save_checkpoint(model, self.output_dir / f"model_{self.epoch - 1:06d}_bn.ckpt", self.epoch - 1)
+        scenes = [self.evaluate_scene(scene, model) for scene in self.val_scenes]
+        self.model.train()
         record: dict[str, Any] = {"type": "val", "epoch": self.epoch - 1, "step": self.global_step}
         for key in ("fscore", "prec", "recall", "acc", "comp", "depth_fscore"):
             values = [s[key] for s in scenes if math.isfinite(s[key])]
             record[key] = float(np.mean(values)) if values else math.nan
         record["scenes"] = scenes
         self._log(record)
-        log.info("validation after epoch %d: F-score %.3f (depth fusion %.3f)", record["epoch"], record["fscore"],
-                 record["depth_fscore"])
+        log.info(
+            "validation after epoch %d: F-score %.3f (depth fusion %.3f)",
+            record["epoch"],
+            record["fscore"],
+            record["depth_fscore"],
+        )
         return record
 
-    def evaluate_scene(self, scene: PreparedScene) -> dict[str, Any]:
-        """Reconstruct ``scene`` from RGB and poses with the current weights (the product's reconstructor)."""
-        metrics = evaluate_scene(self.model, scene, self.device)
+    def evaluate_scene(self, scene: PreparedScene, model: NeuralRecon) -> dict[str, Any]:
+        """Reconstruct ``scene`` from RGB and poses with ``model`` (the product's reconstructor)."""
+        metrics = evaluate_scene(model, scene, self.device)
         if scene.name not in self._depth_scores:
-            self._depth_scores[scene.name] = evaluate_meshes(depth_fusion_mesh(scene.scene_tsdf),
-                                                             scene.evaluation_mesh())
-        self.model.train()
-        return {"scene": scene.name, **{k: metrics[k] for k in ("fscore", "prec", "recall", "acc", "comp")},
-                "depth_fscore": self._depth_scores[scene.name]["fscore"]}
+            self._depth_scores[scene.name] = evaluate_meshes(
+                depth_fusion_mesh(scene.scene_tsdf), scene.evaluation_mesh()
+            )
+        return {
+            "scene": scene.name,
+            **{k: metrics[k] for k in ("fscore", "prec", "recall", "acc", "comp")},
+            "depth_fscore": self._depth_scores[scene.name]["fscore"],
+        }
 
 
-def evaluate_scene(model: NeuralRecon, scene: PreparedScene, device: str | torch.device = "cpu",
-                   on_fragment: Callable[[int], None] | None = None) -> dict[str, float | int]:
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: NeuralRecon,
+    scenes: Sequence[PreparedScene],
+    max_fragments: int,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Replace every BatchNorm's running statistics by their average over up to ``max_fragments`` training
+    fragments (train-mode forward passes, inference pruning, no gradients) -- "precise BN".
+
+    Early in training the running statistics lag far behind the weights (and the 2D backbone normalises
+    single images), so eval-mode outputs can collapse; this re-estimates them for the current weights.
+    Returns the number of fragments used; leaves ``model`` in train mode with its state reset.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    used = 0
+    for scene in scenes:
+        model.reset_state()
+        for index in range(len(scene.fragments)):
+            if used >= max_fragments:
+                break
+            sample = make_sample(scene, index, device=device)
+            model(sample.images, sample.geometry)
+            used += 1
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.reset_state()
+    return used
+
+
+def evaluate_scene(
+    model: NeuralRecon,
+    scene: PreparedScene,
+    device: str | torch.device = "cpu",
+    on_fragment: Callable[[int], None] | None = None,
+) -> dict[str, float | int]:
     """NeuralRecon 3D metrics of ``model``'s reconstruction of ``scene`` against its evaluation mesh.
 
     Runs the product's :class:`NeuralReconReconstructor` on the recorded fragments (fresh recurrent

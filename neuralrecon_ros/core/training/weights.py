@@ -27,5 +27,7 @@ def half_precision_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """``checkpoint``'s model weights as an fp16 upstream-layout dict (integer buffers kept, no optimizer
     state), for ``torch.save`` into the package (write it atomically: ``io.atomic.atomic_write``)."""
     state, epoch = read_checkpoint(checkpoint)
-    return {"epoch": int(epoch or 0),
-            "model": {PREFIX + k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}}
+    return {
+        "epoch": int(epoch or 0),
+        "model": {PREFIX + k: (v.half() if v.is_floating_point() else v) for k, v in state.items()},
+    }

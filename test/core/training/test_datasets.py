@@ -34,10 +34,13 @@ def test_scannet_folder_gives_the_same_fragments(tmp_path, small_frames, small_k
 
     folder = scannet_scene(tmp_path, small_keyframes)
     direct = prepare_scene(frames, "direct", "test", small_keyframes)
-    assert [[f.index for f in k] for k in folder.fragments] == [[f.index for f in k] for k in direct.fragments]
+    assert [[f.index for f in k] for k in folder.fragments] == [
+        [f.index for f in k] for k in direct.fragments
+    ]
     np.testing.assert_array_equal(folder.fragments[0][0].image, frames[0].image)
-    np.testing.assert_allclose(folder.fragments[-1][2].T_world_camera, direct.fragments[-1][2].T_world_camera,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        folder.fragments[-1][2].T_world_camera, direct.fragments[-1][2].T_world_camera, atol=1e-12
+    )
     # depth quantised to millimetres: the targets agree to a millimetre (a few voxels at the band's edge flip)
     a, b = folder.fragment_targets(0), direct.fragment_targets(0)
     both = a.occupancy[2] & b.occupancy[2]

@@ -23,8 +23,12 @@ def test_level_loss_matches_the_formula():
     occ_target = torch.tensor([True, True, False, False])
     loss = level_loss(tsdf, occ, tsdf_target, occ_target, pos_weight=1.5)
     w = 2 / 2 * 1.5  # #neg / #pos * pos_weight
-    bce = [-w * math.log(torch.sigmoid(torch.tensor(2.0))), -w * math.log(torch.sigmoid(torch.tensor(-1.0))),
-           -math.log(1 - torch.sigmoid(torch.tensor(0.5))), -math.log(1 - torch.sigmoid(torch.tensor(-3.0)))]
+    bce = [
+        -w * math.log(torch.sigmoid(torch.tensor(2.0))),
+        -w * math.log(torch.sigmoid(torch.tensor(-1.0))),
+        -math.log(1 - torch.sigmoid(torch.tensor(0.5))),
+        -math.log(1 - torch.sigmoid(torch.tensor(-3.0))),
+    ]
     occ_expected = sum(bce) / 4
     tsdf_expected = (abs(math.log(1.1) - 0.0) + abs(-math.log(1.2) + math.log(1.5))) / 2
     assert loss.occupancy == pytest.approx(occ_expected, rel=1e-5)
@@ -36,9 +40,10 @@ def test_level_loss_matches_the_formula():
 def test_mask_and_empty_targets():
     tsdf = torch.zeros(3, requires_grad=True)
     occ = torch.zeros(3, requires_grad=True)
-    masked = level_loss(tsdf, occ, torch.zeros(3), torch.tensor([True, False, False]),
-                        mask=torch.tensor([False, True, True]))
-    assert float(masked.total) == 0.0 and masked.n_occupied == 0  # no positive left: zero, as upstream
+    masked = level_loss(
+        tsdf, occ, torch.zeros(3), torch.tensor([True, False, False]), mask=torch.tensor([False, True, True])
+    )
+    assert float(masked.total.detach()) == 0.0 and masked.n_occupied == 0  # no positive left: zero
     masked.total.backward()  # still part of the graph
     with pytest.raises(LossError, match="bool"):
         level_loss(tsdf, occ, torch.zeros(3), torch.zeros(3))
@@ -47,7 +52,9 @@ def test_mask_and_empty_targets():
 
 
 def test_level_weights():
-    parts = [level_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.tensor([True, False]))
-             for _ in range(3)]
+    parts = [
+        level_loss(torch.zeros(2), torch.zeros(2), torch.ones(2), torch.tensor([True, False]))
+        for _ in range(3)
+    ]
     total = weighted_total(parts, (1.0, 0.8, 0.64))
     assert float(total) == pytest.approx(float(parts[0].total) * 2.44, rel=1e-6)

@@ -28,9 +28,18 @@ SAMPLES = [256, 1024, 4096]
 
 
 def _config(**overrides) -> TrainingConfig:
-    values = {"synthetic_train_scenes": 0, "synthetic_val_scenes": 0, "phase1_epochs": 1, "phase2_epochs": 1,
-              "train_num_samples": SAMPLES, "device": "cpu", "validate_every_epochs": 0,
-              "checkpoint_every_steps": 1, "random_translation": True, "random_rotation": True}
+    values = {
+        "synthetic_train_scenes": 0,
+        "synthetic_val_scenes": 0,
+        "phase1_epochs": 1,
+        "phase2_epochs": 1,
+        "train_num_samples": SAMPLES,
+        "device": "cpu",
+        "validate_every_epochs": 0,
+        "checkpoint_every_steps": 1,
+        "random_translation": True,
+        "random_rotation": True,
+    }
     values.update(overrides)
     return training_config_from_mapping(values)
 
@@ -49,8 +58,15 @@ def test_a_few_steps_on_one_fragment_reduce_the_loss(small_scene):
     losses = []
     for step in range(5):
         model.reset_state()
-        result = training_pass(model, sample.images, sample.geometry, sample.targets, True, SAMPLES,
-                               generator=torch.Generator().manual_seed(step))
+        result = training_pass(
+            model,
+            sample.images,
+            sample.geometry,
+            sample.targets,
+            True,
+            SAMPLES,
+            generator=torch.Generator().manual_seed(step),
+        )
         optimizer.zero_grad()
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -108,7 +124,19 @@ def test_checkpoints_are_upstream_format_reload_bit_exact_and_resume(small_scene
     empty = NeuralRecon()
     with torch.no_grad():
         empty.neucon_net.occ_preds[0].bias.fill_(-1e4)
-    record = Trainer(_config(), [one], [one], tmp_path / "val", progress=False, model=empty).validate()
+    before = {k: v.clone() for k, v in empty.state_dict().items()}
+    validator = Trainer(
+        _config(bn_recalibration_fragments=1), [one], [one], tmp_path / "val", progress=False, model=empty
+    )
+    validator.epoch = 1  # as after the first epoch
+    record = validator.validate()
+    # BatchNorm statistics were re-estimated on a copy (saved), the training model is untouched
+    assert all(torch.equal(v, before[k]) for k, v in empty.state_dict().items())
+    recalibrated = torch.load(tmp_path / "val" / "model_000000_bn.ckpt", weights_only=True)["model"]
+    assert int(recalibrated["module.backbone2d.conv0.1.num_batches_tracked"]) == len(one.fragments[0])
+    assert not torch.equal(
+        recalibrated["module.backbone2d.conv0.1.running_var"], before["backbone2d.conv0.1.running_var"]
+    )
     assert set(record) >= {"fscore", "prec", "recall", "depth_fscore", "scenes"}
     assert record["fscore"] == 0.0 and record["depth_fscore"] > 0.5
     assert json.loads((tmp_path / "val" / METRICS_LOG).read_text())["type"] == "val"
@@ -116,8 +144,10 @@ def test_checkpoints_are_upstream_format_reload_bit_exact_and_resume(small_scene
     # fine-tuning from it, and the fp16 export of it, load like upstream weights
     tuned = Trainer(_config(), [scene], [], tmp_path / "tune", progress=False)
     tuned.load_initial_weights(tmp_path / "model_000000.ckpt")
-    assert all(torch.equal(v, reference) for v, reference in zip(tuned.model.state_dict().values(),
-                                                                 resumed.model.state_dict().values()))
+    assert all(
+        torch.equal(v, reference)
+        for v, reference in zip(tuned.model.state_dict().values(), resumed.model.state_dict().values())
+    )
     half = half_precision_checkpoint(tmp_path / "model_000000.ckpt")
     assert all(v.dtype in (torch.float16, torch.int64) for v in half["model"].values())
     torch.save(half, tmp_path / "half.pt")
