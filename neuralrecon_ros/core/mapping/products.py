@@ -156,12 +156,10 @@ class GridGeometry:
         return np.floor((xy - np.asarray(self.origin_xy)) / self.resolution).astype(np.int64)
 
 
-@dataclass
-class OccupancyGrid2D:
-    """2D occupancy: ``data`` int8 (height, width), ``data[iy, ix]`` in {UNKNOWN -1, FREE 0, OCCUPIED 100}."""
+class _OnGridGeometry:
+    """Shortcuts to the grid geometry of a 2D product."""
 
     geometry: GridGeometry
-    data: np.ndarray
 
     @property
     def resolution(self) -> float:
@@ -179,13 +177,21 @@ class OccupancyGrid2D:
     def height(self) -> int:
         return self.geometry.height
 
+
+@dataclass
+class OccupancyGrid2D(_OnGridGeometry):
+    """2D occupancy: ``data`` int8 (height, width), ``data[iy, ix]`` in {UNKNOWN -1, FREE 0, OCCUPIED 100}."""
+
+    geometry: GridGeometry
+    data: np.ndarray
+
     @property
     def is_empty(self) -> bool:
         return self.data.size == 0
 
 
 @dataclass
-class ESDFSlice:
+class ESDFSlice(_OnGridGeometry):
     """2D distance field on an occupancy grid's geometry, drawn at global height ``z_m``.
 
     ``distance`` float32 (height, width) metres, finite everywhere (see the module doc for signs and
@@ -196,22 +202,6 @@ class ESDFSlice:
     distance: np.ndarray
     known: np.ndarray
     z_m: float
-
-    @property
-    def resolution(self) -> float:
-        return self.geometry.resolution
-
-    @property
-    def origin_xy(self) -> tuple[float, float]:
-        return self.geometry.origin_xy
-
-    @property
-    def width(self) -> int:
-        return self.geometry.width
-
-    @property
-    def height(self) -> int:
-        return self.geometry.height
 
     def masked_distance(self) -> np.ndarray:
         """``distance`` with NaN at unknown cells (e.g. for a 32FC1 image; row iy, column ix)."""
