@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..core.keyframes import KeyframeConfig
@@ -32,8 +34,12 @@ def build_pipeline(params: NodeParameters) -> ReconstructionPipeline:
         from ..core.network.config import NeuralReconConfig
         from ..core.network.reconstructor import NeuralReconReconstructor
         from ..core.network.world import network_from_global_config
+        from ..core.training.weights import default_checkpoint
 
         config = params.group(NeuralReconConfig)
+        shipped = default_checkpoint()
+        if not config.checkpoint and shipped is not None:  # the demo weights, when the package ships them
+            config = dataclasses.replace(config, checkpoint=str(shipped))
         reconstructor = NeuralReconReconstructor(tsdf_map, config, device=device)
         T_map_global = network_from_global_config(config)
     return ReconstructionPipeline(

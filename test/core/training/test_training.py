@@ -71,7 +71,7 @@ def test_a_few_steps_on_one_fragment_reduce_the_loss(small_scene):
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(result.loss))
+        losses.append(float(result.loss.detach()))
         assert len(result.levels) >= 1 and all(np.isfinite(x.total.item()) for x in result.levels)
     assert losses[-1] < 0.8 * losses[0], losses
     # gradients reached the 2D backbone, the GRU fusion and every level's heads
