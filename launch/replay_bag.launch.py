@@ -34,7 +34,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("rate", default_value="1.0",
                               description="playback rate (ros2 bag play --rate)"),
         DeclareLaunchArgument("loop", default_value="false", choices=BOOL_CHOICES,
-                              description="play the bag in a loop (the node keeps its map across loops)"),
+                              description="play the bag in a loop (each restart is a time jump: on_time_jump decides)"),
         DeclareLaunchArgument("delay", default_value="3.0",
                               description="seconds to wait before playing, while the node starts"),
         DeclareLaunchArgument("rviz", default_value="true", choices=BOOL_CHOICES, description="start RViz"),
