@@ -16,7 +16,7 @@ from torch import nn
 
 from ..timing import StageTimer
 from .backbone import MnasMulti
-from .gru_fusion import TSDFSubstitution
+from .gru_fusion import CHANNELS, SparseStore, TSDFSubstitution
 from .neucon_net import NeuConNet, stage
 from .projection import IMAGE_SIZE_WH, FragmentGeometry
 
@@ -54,6 +54,45 @@ class NeuralRecon(nn.Module):
         """Forget the GRU hidden states and the global TSDF (a new scene)."""
         self.neucon_net.gru_fusion.reset_state()
         self.fuse_to_global.reset_state()
+
+    def recurrent_state(self) -> dict[str, torch.Tensor]:
+        """What carries over between fragments, as CPU tensors: each level's GRU hidden state
+        (``gru{i}_coords`` int64 (M, 3), ``gru{i}_feats`` (M, C_i)) and the global TSDF
+        (``tsdf_coords``, ``tsdf_values``); absent entries were never written."""
+        state: dict[str, torch.Tensor] = {}
+        for level, store in enumerate(self.neucon_net.gru_fusion.hidden):
+            if store is not None:
+                state[f"gru{level}_coords"], state[f"gru{level}_feats"] = store.coords.cpu(), store.values.cpu()
+        if self.fuse_to_global.volume is not None:
+            state["tsdf_coords"] = self.fuse_to_global.volume.coords.cpu()
+            state["tsdf_values"] = self.fuse_to_global.volume.values.cpu()
+        return state
+
+    def load_recurrent_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`recurrent_state`; raises ``ValueError`` naming a bad entry (nothing changes then)."""
+        expected = {"tsdf": 0} | {f"gru{level}": width for level, width in enumerate(CHANNELS)}
+        unknown = set(state) - {f"{name}_{part}" for name in expected
+                                for part in (("coords", "values") if name == "tsdf" else ("coords", "feats"))}
+        if unknown:
+            raise ValueError(f"unexpected recurrent-state entries: {sorted(unknown)}")
+        device = self.pixel_mean.device
+        stores: dict[str, SparseStore | None] = {}
+        for name, width in expected.items():
+            coords = state.get(f"{name}_coords")
+            values = state.get(f"{name}_values" if name == "tsdf" else f"{name}_feats")
+            if coords is None and values is None:
+                stores[name] = None
+                continue
+            coords, values = torch.as_tensor(coords), torch.as_tensor(values)
+            rows = coords.shape[0] if coords.dim() == 2 else -1
+            good_values = values.shape == ((rows,) if name == "tsdf" else (rows, width))
+            if coords.dim() != 2 or coords.shape[1] != 3 or not good_values or values.is_complex():
+                wanted = "(M,)" if name == "tsdf" else f"(M, {width})"
+                raise ValueError(f"recurrent-state entry '{name}' has shapes {tuple(coords.shape)} / "
+                                 f"{tuple(values.shape)}, expected (M, 3) / {wanted}")
+            stores[name] = SparseStore(coords.to(device, torch.int64), values.to(device, torch.float32))
+        self.neucon_net.gru_fusion.hidden = [stores[f"gru{level}"] for level in range(len(CHANNELS))]
+        self.fuse_to_global.volume = stores["tsdf"]
 
     @property
     def global_tsdf(self) -> tuple[torch.Tensor, torch.Tensor]:

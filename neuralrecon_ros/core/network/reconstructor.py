@@ -126,6 +126,13 @@ class NeuralReconReconstructor(Reconstructor):
         touched = np.unique(blocks, axis=0) if len(blocks) else blocks
         return MapUpdate(touched_blocks=touched.astype(np.int64), frames_integrated=len(frames))
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The recurrent state (GRU hidden states, the model's global TSDF), saved with the map."""
+        return self.model.recurrent_state()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_recurrent_state(state)
+
     def reset(self) -> None:
         """Forget the recurrent state (GRU hidden states and the model's global TSDF)."""
         self.model.reset_state()
