@@ -30,3 +30,14 @@ def parity_dir() -> Path:
     if not (path / "inputs.json").is_file():
         pytest.skip(f"upstream parity fixture not found at {path}; set NEURALRECON_PARITY_FIXTURES")
     return path
+
+
+@pytest.fixture
+def torch_backend():
+    """Run a test on our pure-PyTorch sparse backend, whatever ``auto`` would pick."""
+    from neuralrecon_ros.core.network import sparse
+
+    previous = sparse.get_backend()
+    sparse.set_backend("torch")
+    yield
+    sparse.set_backend(previous)

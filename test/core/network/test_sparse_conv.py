@@ -37,12 +37,7 @@ SIDE = 12  # cells per axis of the random grids, centred on 0 (so about half the
 BACKENDS = ["torch"] + (["torchsparse"] if sparse.torchsparse_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def _torch_backend():
-    previous = sparse.get_backend()
-    sparse.set_backend("torch")
-    yield
-    sparse.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("torch_backend")
 
 
 @pytest.fixture(params=BACKENDS)

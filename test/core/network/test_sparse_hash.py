@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sparse_reference import reference_hash
 
 from neuralrecon_ros.core.network.sparse import CoordinateError, torchsparse_hash
 from neuralrecon_ros.core.network.sparse.hashing import CoordinateIndex, CoordinatePacker
@@ -11,13 +12,6 @@ from neuralrecon_ros.core.network.sparse.hashing import CoordinateIndex, Coordin
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def reference_hash(x: int, y: int, z: int, b: int) -> int:
-    """torchsparse v1.x hash written independently with Python ints (facts §2.6)."""
-    h = 14695981039346656037
-    for v in (x, y, z, b):
-        h ^= v & 0xFFFFFFFF
-        h = (h * 1099511628211) % 2**64
-    return (h >> 60) ^ (h & 0x0FFFFFFFFFFFFFFF)
 
 
 def test_hash_known_values() -> None:

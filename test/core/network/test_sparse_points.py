@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from sparse_reference import reference_hash
 
 from neuralrecon_ros.core.network import sparse
 from neuralrecon_ros.core.network.sparse import (
@@ -23,20 +24,9 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 CORNERS = list(itertools.product((0, 1), repeat=3))  # kernel-2 order: (bx, by, bz), z fastest
 
 
-@pytest.fixture(autouse=True)
-def _torch_backend():
-    previous = sparse.get_backend()
-    sparse.set_backend("torch")
-    yield
-    sparse.set_backend(previous)
+pytestmark = pytest.mark.usefixtures("torch_backend")
 
 
-def reference_hash(x: int, y: int, z: int, b: int) -> int:
-    h = 14695981039346656037
-    for v in (x, y, z, b):
-        h ^= v & 0xFFFFFFFF
-        h = (h * 1099511628211) % 2**64
-    return (h >> 60) ^ (h & 0x0FFFFFFFFFFFFFFF)
 
 
 def hand_weights(p: list[float], stride: int) -> list[float]:
