@@ -308,7 +308,8 @@ def _exact_vertices(
     int64 (V, 3)) as ``a + t`` with ``t = va / (va - vb)``, so a vertex that two blocks create on their
     shared face is bit-identical in both (scikit-image's float32 positions depend on where a block sits
     in the arrangement). ``t`` within 1e-5 of 0 or 1 snaps to the grid point, which keeps that true where
-    float32 cannot resolve the offset. Vertices on grid points have ``a == b``, ``t = 0``.
+    float32 cannot resolve the offset. Vertices on grid points, and the cell-interior vertices of Lewiner's
+    ambiguous cases (kept where skimage put them), have ``a == b``, ``t = 0``.
     """
     P = tsdf.shape[1]
     _, ny, nz = layout
@@ -316,15 +317,19 @@ def _exact_vertices(
     block = (slot[:, 0] * ny + slot[:, 1]) * nz + slot[:, 2]
     local = verts.astype(np.float64) - slot * P
     a = np.floor(local).astype(np.int64)
-    rows, axis = np.nonzero(local != a)  # skimage's integer coordinates are exact; one axis (or none) is not
+    off_grid = local != a  # skimage's integer coordinates are exact
+    # an edge vertex is off the grid along one axis; Lewiner's ambiguous cases add vertices inside a cell
+    # (off the grid along several axes), which no other block shares: those keep skimage's position
+    on_edge = off_grid.sum(axis=1) == 1
+    rows, axis = np.nonzero(off_grid & on_edge[:, None])
     b = a.copy()
     b[rows, axis] += 1
     va = tsdf[block[rows], a[rows, 0], a[rows, 1], a[rows, 2]].astype(np.float64)
     vb = tsdf[block[rows], b[rows, 0], b[rows, 1], b[rows, 2]].astype(np.float64)
+    frac = va / (va - vb)  # a crossing edge: va and vb differ in sign
     t = np.zeros(len(verts))
-    frac = va / (va - vb)
     t[rows] = np.where(frac < 1e-5, 0.0, np.where(frac > 1.0 - 1e-5, 1.0, frac))
-    exact = a.astype(np.float64)
+    exact = np.where(on_edge[:, None], a.astype(np.float64), local)
     exact[rows, axis] += t[rows]
     return block, exact, (a, b, t)
 

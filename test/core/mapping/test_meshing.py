@@ -221,3 +221,25 @@ def test_empty_map_gives_empty_mesh():
     assert extract_mesh(make_map()).is_empty
     with pytest.raises(MeshingError):
         IncrementalMesher(MeshingConfig(mesh_color_mode="rainbow"))
+
+
+def test_cell_interior_vertices_of_ambiguous_cases_keep_their_place():
+    """A noise TSDF is full of Lewiner's ambiguous cells, whose extra vertex lies inside the cell (off the
+    grid along several axes, on no edge): every vertex must still be where scikit-image puts it."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(3)
+    coords = grid((0, 0, 0), (13, 13, 13))  # crosses block borders
+    values = rng.uniform(-1, 1, len(coords)).astype(np.float32)
+    tsdf_map = make_map()
+    tsdf_map.set_voxels(coords, values)
+    mesh = extract_mesh(tsdf_map)
+    dense = values.reshape(14, 14, 14)
+    reference, _, _, _ = marching_cubes(dense, level=0.0)
+    interior = (reference != np.floor(reference)).sum(axis=1) >= 2
+    assert interior.sum() > 10  # the case under test occurs
+    ours = mesh.vertices.astype(np.float64) / VS
+    assert np.isfinite(ours).all()
+    for a, b in ((ours, reference), (reference, ours)):
+        distance, _ = cKDTree(b).query(a)
+        assert distance.max() < 1e-4
