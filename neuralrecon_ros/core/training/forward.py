@@ -1,8 +1,8 @@
 """One training pass of NeuralRecon over a fragment: per-level predictions, targets and losses.
 
 The inference forward (:class:`~..network.neucon_net.NeuConNet`) keeps only what inference needs; training
-differs in the ways upstream's training mode does (facts §2.7, §4), so this pass drives the same
-submodules itself:
+differs in the ways upstream's training mode does (facts §2.7, §4), so this pass drives the network's
+level steps (candidates, sparse_level, fuse, heads) itself:
 
 * phase 1 (``fusion=False``): no GRU fusion; loss and pruning only on voxels seen by more than one view
   (upstream ``grid_mask``); phase 2 (``fusion=True``, FULL): GRU fusion with the scene's running hidden
@@ -18,11 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..network.backproject import back_project
 from ..network.model import NeuralRecon
-from ..network.neucon_net import THRESHOLDS, dense_grid, split_voxels
-from ..network.projection import N_LEVELS, VOXEL_SIZE, FragmentGeometry, affine_f32, voxel_positions_f32
-from ..network.sparse import PointTensor
+from ..network.neucon_net import THRESHOLDS
+from ..network.projection import N_LEVELS, FragmentGeometry
 from .losses import LEVEL_WEIGHTS, POS_WEIGHT, LevelLoss, level_loss, weighted_total
 from .targets import FragmentTargets
 
@@ -71,39 +69,15 @@ def training_pass(
     survivors: list[int] = []
     coords = feats = None
     for level in range(N_LEVELS):
-        interval = 2 ** (N_LEVELS - 1 - level)
-        if level == 0:
-            coords = dense_grid(interval, device)
-        else:
-            coords, feats = split_voxels(coords, feats, interval)
-        projected = back_project(
-            coords,
-            geometry.vol_origin_partial,
-            VOXEL_SIZE,
-            features[N_LEVELS - 1 - level],
-            geometry.proj_matrices[:, N_LEVELS - 1 - level],
-        )
-        inputs = projected.features if feats is None else torch.cat([projected.features, feats], dim=1)
-        world = voxel_positions_f32(coords, VOXEL_SIZE, geometry.vol_origin_partial)
-        points = affine_f32(geometry.world_to_aligned_camera[:3], world)
-        feats = net.sp_convs[level](
-            PointTensor(inputs, torch.cat([points, points.new_zeros((len(points), 1))], 1))
-        )
+        coords, feats = net.candidates(level, coords, feats, device)
+        projected, _, feats = net.sparse_level(level, coords, feats, features, geometry)
         if fusion:
-            fused = net.gru_fusion(
-                level,
-                coords // interval,
-                feats,
-                geometry.vol_origin_voxels,
-                geometry.vol_origin_partial,
-                geometry.world_to_aligned_camera,
-            )
-            coords, feats = fused.coords * interval, fused.feats
+            fused = net.fuse(level, coords, feats, geometry)
+            coords, feats = fused.coords, fused.feats
             mask = torch.ones(len(coords), dtype=torch.bool, device=device)
         else:
             mask = projected.count > 1
-        tsdf = net.tsdf_preds[level](feats)[:, 0]
-        occ = net.occ_preds[level](feats)[:, 0]
+        tsdf, occ = net.heads(level, feats)
         tsdf_target, occ_target = targets.gather(level, coords)
         levels.append(level_loss(tsdf, occ, tsdf_target, occ_target, mask, pos_weight))
 
