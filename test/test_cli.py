@@ -12,6 +12,7 @@ import torch
 from neuralrecon_ros.cli import main
 from neuralrecon_ros.core.network.checkpoint import save_checkpoint
 from neuralrecon_ros.core.network.model import NeuralRecon
+from neuralrecon_ros.core.training import weights
 from neuralrecon_ros.io.bags import BagReader
 from neuralrecon_ros.io.ply import read_ply
 
@@ -59,17 +60,28 @@ def test_replay_with_config_file_and_overrides(scene, tmp_path):
     assert summary["fragments"] == summary["keyframes"] // 3
 
 
-def test_neuralrecon_mode_runs_a_checkpoint_through_replay(scene, tmp_path):
+@pytest.fixture
+def random_checkpoint(tmp_path) -> Path:
+    """Random weights whose occupancy heads keep voxels, so every level and the map write run."""
     torch.manual_seed(0)
     model = NeuralRecon()
-    with torch.no_grad():  # make the occupancy heads keep voxels so every level and the map write run
+    with torch.no_grad():
         for head in model.neucon_net.occ_preds:
             head.bias.fill_(5.0)
     checkpoint = tmp_path / "random.ckpt"
     save_checkpoint(model, checkpoint)
+    return checkpoint
+
+
+@pytest.fixture
+def no_shipped_weights(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(weights, "DEMO_WEIGHTS", tmp_path / "absent" / "demo_weights.pt")
+
+
+def test_neuralrecon_mode_runs_a_checkpoint_through_replay(scene, tmp_path, random_checkpoint):
     out = tmp_path / "nr"
     code = main(["replay", str(scene / "bag"), "--output", str(out), "--no-progress", "--mode", "neuralrecon",
-                 "--checkpoint", str(checkpoint), "-p", "fragment_size:=3"])
+                 "--checkpoint", str(random_checkpoint), "-p", "fragment_size:=3"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["fragments"] >= 1
@@ -77,10 +89,41 @@ def test_neuralrecon_mode_runs_a_checkpoint_through_replay(scene, tmp_path):
     assert summary["map_blocks"] > 0  # the prediction was substituted into the map
 
 
-def test_neuralrecon_mode_without_checkpoint_says_where_to_get_it(scene, tmp_path, capsys):
+def test_neuralrecon_mode_without_checkpoint_says_where_to_get_it(scene, tmp_path, capsys, no_shipped_weights):
     code = main(["replay", str(scene / "bag"), "--output", str(tmp_path / "x"), "--mode", "neuralrecon"])
     err = capsys.readouterr().err
     assert code == 2 and "model_000047.ckpt" in err and "--checkpoint" in err and "Traceback" not in err
+
+
+DEMO_ARGS = ["demo", "--frames", "60", "--width", "128", "--height", "96", "--no-progress",
+             "-p", "fragment_size:=3"]
+
+
+def test_demo_scores_the_network_next_to_depth_fusion(tmp_path, capsys, random_checkpoint):
+    out = tmp_path / "demo"
+    assert main([*DEMO_ARGS, "--output", str(out), "--checkpoint", str(random_checkpoint)]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert list(report["modes"]) == ["neuralrecon", "depth"]
+    network, depth = report["modes"]["neuralrecon"], report["modes"]["depth"]
+    assert network["inputs"] == "RGB + poses" and network["fragments"] >= 1
+    assert Path(network["mesh"]).is_file() and 0.0 <= network["metrics"]["fscore"] <= 1.0  # random weights
+    assert depth["metrics"]["fscore"] > 0.8
+    assert (out / "scene" / "gt_mesh_observed.ply").is_file()
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "neuralrecon (RGB + poses)" in last_line and f"{depth['metrics']['fscore']:.3f}" in last_line
+
+
+def test_demo_runs_only_the_mode_asked_for(tmp_path, random_checkpoint):
+    out = tmp_path / "demo"
+    assert main([*DEMO_ARGS, "--output", str(out), "--mode", "depth", "--checkpoint", str(random_checkpoint)]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["modes"]) == ["depth"]
+
+
+def test_demo_without_any_weights_runs_depth_fusion_and_says_why(tmp_path, capsys, no_shipped_weights):
+    out = tmp_path / "demo"
+    assert main([*DEMO_ARGS, "--output", str(out)]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["modes"]) == ["depth"]
+    assert "no NeuralRecon weights ship" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,13 @@
 given: the shipped file if the package has one, else None (then the user must pass upstream's weights).
 The file is an fp16 copy of a training checkpoint in upstream's key layout (``{'epoch', 'model'}``,
 ``module.`` keys), readable by :func:`..network.checkpoint.load_checkpoint` like any other checkpoint.
+Beside it, ``demo_weights.json`` records how they were trained and what they score on held-out rooms
+(written by ``scripts/export_demo_weights.py``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,15 @@ DEMO_WEIGHTS = Path(__file__).resolve().parents[2] / "data" / "demo_weights.pt"
 def default_checkpoint() -> Path | None:
     """The shipped demo weights, or None when the package ships none."""
     return DEMO_WEIGHTS if DEMO_WEIGHTS.is_file() else None
+
+
+def demo_weights_info(weights: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The training record beside ``weights`` (default: the shipped file), or None when there is none."""
+    path = Path(weights if weights is not None else DEMO_WEIGHTS).with_suffix(".json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def half_precision_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
