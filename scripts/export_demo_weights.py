@@ -55,6 +55,8 @@ def main() -> None:
 
     records = [json.loads(line) for line in (args.run / METRICS_LOG).read_text().splitlines() if line]
     train = [r for r in records if r["type"] == "train"]
+    # the training that went into the checkpoint: its epoch and those before (the run may have gone on)
+    trained = [r for r in train if r["epoch"] <= half["epoch"]]
     validations = [{k: v for k, v in r.items() if k != "scenes"} for r in records if r["type"] == "val"]
     info = {
         "weights": args.output.name,
@@ -64,9 +66,11 @@ def main() -> None:
         "recommendation": "for real indoor scenes use upstream's ScanNet weights (model_000047.ckpt)",
         "hardware": args.hardware,
         "training": {
-            "steps": len(train),
-            "epochs_started": 1 + max(r["epoch"] for r in train),
-            "train_time_s": train[-1]["train_time_s"],
+            "epoch": half["epoch"],
+            "steps": len(trained),
+            "train_time_s": trained[-1]["train_time_s"],
+            "phase1_steps": sum(1 for r in trained if r["phase"] == 1),
+            "run_steps": len(train),  # the run's length; a later checkpoint may have validated worse
             "torch": torch.__version__,
             "python": platform.python_version(),
             "options": yaml.safe_load((args.run / "training_config.yaml").read_text()),
