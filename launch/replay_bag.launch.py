@@ -6,10 +6,15 @@ Includes neuralrecon.launch.py with use_sim_time:=true and runs ``ros2 bag play 
 ``delay`` seconds, so the node is subscribed (to the latched /tf_static too) before the bag starts.
 The bag's topics must match the node's input parameters (or pass image_topic:=... and friends).
 For reconstruction without ROS, use ``neuralrecon-ros replay BAG --output DIR`` instead.
+
+An included launch file shares this file's launch configurations: an argument declared here overrides
+the default of the same argument there. So ``config`` defaults to the package's parameter file here
+too (an empty default would reach the node as the parameter file path "").
 """
 
 import os
 
+from ament_index_python.packages import get_package_share_directory
 from launch.action import Action
 from launch.actions import (
     DeclareLaunchArgument,
@@ -23,12 +28,14 @@ from launch.launch_description import LaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 
+PACKAGE = "neuralrecon_ros"
 BOOL_CHOICES = ["true", "false"]
 KEEP = "empty: the parameter file's value"
 NODE_LAUNCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "neuralrecon.launch.py")
 
 
 def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory(PACKAGE)
     return LaunchDescription([
         DeclareLaunchArgument("bag", description="bag to play: a rosbag2 directory or a .mcap/.db3 file"),
         DeclareLaunchArgument("rate", default_value="1.0",
@@ -38,7 +45,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("delay", default_value="3.0",
                               description="seconds to wait before playing, while the node starts"),
         DeclareLaunchArgument("rviz", default_value="true", choices=BOOL_CHOICES, description="start RViz"),
-        DeclareLaunchArgument("config", default_value="", description="parameter file; empty: the package's"),
+        DeclareLaunchArgument(
+            "config", default_value=os.path.join(share, "config", "neuralrecon.yaml"),
+            description="ROS 2 parameter file of the node (neuralrecon_node: ros__parameters: ...)",
+        ),
         DeclareLaunchArgument("mode", default_value="", choices=["", "depth", "neuralrecon"],
                               description=KEEP),
         DeclareLaunchArgument("checkpoint", default_value="", description=KEEP),
@@ -55,6 +65,7 @@ def generate_launch_description() -> LaunchDescription:
 def _launch_setup(context: LaunchContext) -> list[Action]:
     node_arguments = {
         "use_sim_time": "true",
+        "config": LaunchConfiguration("config").perform(context),
         "rviz": LaunchConfiguration("rviz").perform(context),
         "mode": LaunchConfiguration("mode").perform(context),
         "checkpoint": LaunchConfiguration("checkpoint").perform(context),
@@ -63,9 +74,6 @@ def _launch_setup(context: LaunchContext) -> list[Action]:
         "camera_info_topic": LaunchConfiguration("camera_info_topic").perform(context),
         "depth_topic": LaunchConfiguration("depth_topic").perform(context),
     }
-    config = LaunchConfiguration("config").perform(context)
-    if config:
-        node_arguments["config"] = config
     node = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(NODE_LAUNCH), launch_arguments=node_arguments.items()
     )

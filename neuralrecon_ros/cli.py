@@ -1,4 +1,4 @@
-"""``neuralrecon-ros``: the offline entry point (synth, replay, evaluate, demo, params).
+"""``neuralrecon-ros``: the offline entry point (synth, replay, evaluate, demo, rebuild-map, params).
 
 Errors a user can fix (bad parameters, unreadable bags, unwritable outputs, bad poses, missing
 checkpoints) are printed as one ``error: ...`` line with exit status 2; anything else is a bug and
@@ -8,11 +8,13 @@ keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from .node.parameters import NODE_NAME, NodeParameters
 
 #: what each reconstruction mode reads, as the demo reports it
 DEMO_MODE_INPUTS = {"neuralrecon": "RGB + poses", "depth": "RGB-D + poses, reference"}
+DEMO_MODE_NAMES = {"neuralrecon": "NeuralRecon", "depth": "depth fusion"}
+#: the Foxglove layout that ships with the package: 3D (mesh, grid, camera), camera image, diagnostics
+FOXGLOVE_LAYOUT = Path(__file__).resolve().parent / "data" / "foxglove_layout.json"
 
 log = logging.getLogger("neuralrecon_ros")
 
@@ -101,7 +106,7 @@ def render_parameter_file(params: NodeParameters | None = None) -> str:
             allowed = info.spec.describe_range()
             if allowed:
                 comment += f" [{allowed}]"
-            if info.spec.read_only:
+            if info.read_only:
                 comment += " (read at start-up only)"
             lines.extend(f"    # {line}" for line in textwrap.wrap(comment, 96))
             rendered = yaml.safe_dump({info.name: values[info.name]}, default_flow_style=True, width=1000).strip()
@@ -152,20 +157,77 @@ def write_scene(sequence: Any, output: Path, **bag_options: Any) -> dict[str, Pa
     return paths
 
 
+def add_live_view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--foxglove-port", type=int, metavar="PORT",
+                        help="serve a live view of the replay to Foxglove (WebSocket, e.g. 8765; 0: any free port)")
+    parser.add_argument("--foxglove-address", default="127.0.0.1", metavar="ADDR",
+                        help="address the live view binds to (default 127.0.0.1: this machine only; 0.0.0.0 "
+                             "opens it to the network, without authentication)")
+    parser.add_argument("--rate", type=_positive_float, metavar="R",
+                        help="replay at R times the bag's own pace (1: as recorded, so a live view looks live); "
+                             "default: as fast as the machine allows")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
-    summary = run_replay(Path(args.bag), Path(args.output), params, progress=not args.no_progress,
-                         load_map=Path(args.load_map) if args.load_map else None)
+    with _live_view(args) as live:
+        summary = run_replay(Path(args.bag), Path(args.output), params, progress=not args.no_progress,
+                             load_map=Path(args.load_map) if args.load_map else None, loops=args.loop, live=live,
+                             rate=args.rate)
     print(json.dumps(summary, indent=2))
+    dropped = sum(summary["dropped"].values())
+    print(f"replayed {summary['frames']} frames ({dropped} messages dropped, see summary.json): mesh "
+          f"{summary['mesh']['path']}, everything the node would publish in {summary['output_bag']} (open it in "
+          f"Foxglove, or `ros2 bag play` it next to RViz), summary {Path(args.output) / 'summary.json'}",
+          file=sys.stderr)
     return 0
 
 
+@contextlib.contextmanager
+def _live_view(args: argparse.Namespace) -> Iterator[Any]:
+    """The Foxglove live view asked for with --foxglove-port (None without it), stopped on the way out."""
+    if args.foxglove_port is None:
+        yield None
+        return
+    from .io.bags import default_typestore
+    from .io.foxglove_live import FoxgloveLiveView, LiveViewError
+    from .io.interfaces import register_custom_types
+
+    typestore = default_typestore()
+    register_custom_types(typestore)
+    try:
+        view = FoxgloveLiveView(typestore, port=args.foxglove_port, host=args.foxglove_address)
+    except LiveViewError as exc:
+        raise UserError(str(exc)) from None
+    print(f"live view: open Foxglove, 'Open connection' -> Foxglove WebSocket -> {view.url}; layout: "
+          f"{FOXGLOVE_LAYOUT}", file=sys.stderr, flush=True)
+    with view:
+        yield view
+
+
 def run_replay(
-    bag: Path, output: Path, params: NodeParameters, progress: bool = True, load_map: Path | None = None
+    bag: Path, output: Path, params: NodeParameters, progress: bool = True, load_map: Path | None = None,
+    loops: int = 1, live: Any = None, rate: float | None = None,
 ) -> dict[str, Any]:
     """Replay ``bag`` through the node logic; write mesh.ply, summary.json and output.mcap into ``output``.
 
     ``load_map``: a map file (``io.map_file``) to continue: the bag is integrated on top of it.
+    ``loops``: play the bag that many times (each restart is a clock jump). ``live``: a live view that
+    gets the inputs and outputs as the output bag does; ``rate``: pace (1.0 = the bag's own).
     """
     from .io.map_file import load_map_into
     from .io.ply import write_ply
@@ -175,7 +237,7 @@ def run_replay(
     output = _prepare_output_dir(output)
     pipeline = build_pipeline(params)
     loaded = load_map_into(pipeline, load_map, frame_id=params.global_frame) if load_map else None
-    result = replay_bag(bag, output, params, pipeline, progress=progress)
+    result = replay_bag(bag, output, params, pipeline, progress=progress, loops=loops, live=live, rate=rate)
     mesh = pipeline.mesh()
     mesh_path = output / "mesh.ply"
     write_ply(mesh_path, mesh)
@@ -187,6 +249,7 @@ def run_replay(
         "keyframes": result.counts.get("keyframes", 0),
         "fragments": result.counts.get("fragments", 0),
         "dropped": dict(sorted(result.dropped.items())),
+        "time_jumps": result.time_jumps,
         "timings_ms": {
             "integrate": None, "mesh_update": None, "network": None,  # listed even when a mode lacks one
             **{stage: {k: round(v, 3) for k, v in stats.items() if k in ("median", "p95", "total")}
@@ -207,9 +270,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .core.metrics import evaluate_meshes
     from .io.ply import read_ply
 
-    metrics = evaluate_meshes(read_ply(args.pred), read_ply(args.gt), threshold=args.threshold,
-                              downsample=args.downsample)
+    pred, gt = read_ply(args.pred), read_ply(args.gt)
+    metrics = evaluate_meshes(pred, gt, threshold=args.threshold, downsample=args.downsample)
     print(json.dumps(metrics, indent=2))
+    if args.picture:
+        from .io.pictures import Panel, render_comparison
+
+        picture = render_comparison([Panel(Path(args.pred).name, pred, metrics["fscore"])], gt, args.picture,
+                                    threshold=args.threshold, up_axis=args.up_axis)
+        print(f"picture: {picture}", file=sys.stderr)
     return 0
 
 
@@ -219,6 +288,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     Without an explicit mode the demo runs NeuralRecon from RGB and poses only (the shipped demo weights
     unless a checkpoint is given) and depth fusion of the same recording as the reference.
     """
+    with _live_view(args) as live:
+        return _run_demo(args, live)
+
+
+def _run_demo(args: argparse.Namespace, live: Any) -> int:
     from .core.metrics import evaluate_meshes
     from .core.synthetic import make_sequence
     from .core.training.weights import default_checkpoint
@@ -241,30 +315,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     scene = write_scene(sequence, _prepare_output_dir(output / "scene"), overwrite=True)
     gt = read_ply(scene["gt_mesh_observed"])
     results: dict[str, Any] = {}
+    meshes: dict[str, Any] = {}
     for step, mode in enumerate(modes, start=2):
         params = NodeParameters({**values, "mode": mode})
         print(f"[{step}/{steps}] reconstructing with {DEMO_MODE_INPUTS[mode]} ...", flush=True)
-        summary = run_replay(scene["bag"], output / mode, params, progress=not args.no_progress)
-        metrics = evaluate_meshes(read_ply(summary["mesh"]["path"]), gt)
+        summary = run_replay(scene["bag"], output / mode, params, progress=not args.no_progress, live=live,
+                             rate=args.rate)
+        meshes[mode] = read_ply(summary["mesh"]["path"])
+        metrics = evaluate_meshes(meshes[mode], gt)
         results[mode] = {
             "inputs": DEMO_MODE_INPUTS[mode],
             "mesh": summary["mesh"]["path"],
             "keyframes": summary["keyframes"], "fragments": summary["fragments"],
             "metrics": {k: metrics[k] for k in ("acc", "comp", "prec", "recall", "fscore")},
         }
-    report = {"gt_mesh": str(scene["gt_mesh_observed"]), "frames": args.frames, "modes": results}
+    picture = _demo_picture(output / "comparison.png", meshes, results, gt, f"synthetic room, seed {args.seed}")
+    report = {"gt_mesh": str(scene["gt_mesh_observed"]), "frames": args.frames, "modes": results,
+              "picture": str(picture)}
     atomic_write_text(output / "metrics.json", json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    print(f"picture of both reconstructions next to the ground truth: {picture}")
     print("F-score at 5 cm against the observed ground truth: " + ", ".join(
         f"{mode} ({result['inputs']}) {result['metrics']['fscore']:.3f}" for mode, result in results.items()))
     return 0
+
+
+def _demo_picture(path: Path, meshes: dict[str, Any], results: dict[str, Any], gt: Any, title: str) -> Path:
+    from .io.pictures import Panel, render_comparison
+
+    panels = [Panel(f"{DEMO_MODE_NAMES[mode]} ({results[mode]['inputs']})", meshes[mode],
+                    results[mode]["metrics"]["fscore"]) for mode in meshes]
+    return render_comparison(panels, gt, path, title=title)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune NeuralRecon on synthetic rooms, ScanNet-layout folders, bags (docs/training.md)."""
     import yaml
 
+    from .core.reconstructor import resolve_device
     from .core.training.datasets import DatasetError
+    from .core.training.distributed import init_distributed, shutdown_distributed
     from .core.training.targets import TargetError
     from .core.training.trainer import Trainer, training_config_from_mapping
     from .io.training_cache import TrainingCacheError, training_scenes
@@ -280,21 +370,69 @@ def cmd_train(args: argparse.Namespace) -> int:
         values.update(loaded)
     values.update(parse_overrides(args.params))
     config = training_config_from_mapping(values)
-    output = _prepare_output_dir(args.output)
-    atomic_write_text(output / "training_config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
+    # under torchrun: one process per device, rank 0 prepares the data and writes every file
+    context = init_distributed(resolve_device(config.device))
+    output = Path(args.output)
+    if context.is_main:
+        output = _prepare_output_dir(args.output)
+        atomic_write_text(output / "training_config.yaml", yaml.safe_dump(config.as_dict(), sort_keys=False))
     try:
-        train, val = training_scenes(config, Path(config.cache_dir) if config.cache_dir else output / "cache",
-                                     progress=not args.no_progress)
+        for turn in ("prepare", "load"):  # the other ranks read what rank 0 cached
+            if (turn == "prepare") == context.is_main:
+                train, val = training_scenes(
+                    config, Path(config.cache_dir) if config.cache_dir else output / "cache",
+                    progress=not args.no_progress and context.is_main,
+                )
+            context.barrier()
     except (DatasetError, TargetError, TrainingCacheError) as exc:
         raise UserError(str(exc)) from None
-    trainer = Trainer(config, train, val, output, progress=not args.no_progress, write_text=atomic_write_text)
-    resumed = args.resume and trainer.resume()
-    if not resumed and config.init_checkpoint:
-        trainer.load_initial_weights(config.init_checkpoint)
+    trainer = Trainer(config, train, val, output, progress=not args.no_progress, write_text=atomic_write_text,
+                      distributed=context)
+    if not (args.resume and trainer.resume()):
+        trainer.initialise_weights()
     result = trainer.run()
+    shutdown_distributed()
+    if not context.is_main:
+        return 0
     print(json.dumps({"output": str(output), "epoch": trainer.epoch, "steps": trainer.global_step,
                       "train_time_s": round(trainer.train_time_s, 1),
                       "validation": {k: v for k, v in result.items() if k != "scenes"}}, indent=2))
+    return 0
+
+
+def cmd_rebuild_map(args: argparse.Namespace) -> int:
+    """Rebuild the map a node streamed on ~/tsdf_layer (a recorded or replayed bag) as a map file / mesh."""
+    from .core.mapping.config import MeshingConfig
+    from .io.layer_replica import replicate_bag
+    from .io.map_file import save_map
+    from .io.ply import write_ply
+    from .io.tsdf_layer import TsdfLayerError
+
+    if not args.map and not args.mesh:
+        raise UserError("nothing to write: give --map FILE and/or --mesh FILE")
+    meshing = parameters_from_args(args).group(MeshingConfig)
+    replica = replicate_bag(Path(args.bag), args.topic)
+    tsdf_map = replica.require_map()
+    summary: dict[str, Any] = {"blocks": tsdf_map.num_blocks, "sequence": replica.sequence,
+                               "stamp_ns": replica.stamp_ns, "frame_id": replica.frame_id,
+                               "in_sync": replica.in_sync, **vars(replica.counts)}
+    try:
+        if args.map:
+            save_map(args.map, tsdf_map, frame_id=replica.frame_id, T_global_map=replica.T_frame_grid,
+                     metadata={"source": f"tsdf_layer stream {args.topic} of {args.bag}",
+                               "sequence": replica.sequence, "in_sync": replica.in_sync})
+            summary["map"] = str(args.map)
+        if args.mesh:
+            mesh = replica.mesh(meshing)
+            write_ply(args.mesh, mesh)
+            summary["mesh"] = str(args.mesh)
+    except TsdfLayerError as exc:
+        raise UserError(str(exc)) from None
+    print(json.dumps(summary, indent=2))
+    if not replica.in_sync:
+        log.error("the layer stream lost messages and no full message followed: the files hold the map as of "
+                  "message %s (%s)", replica.sequence, "; ".join(replica.counts.problems[:3]))
+        return 1
     return 0
 
 
@@ -338,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--load-map", metavar="FILE", help="continue a saved map file: integrate the bag on top")
+    p.add_argument("--loop", type=_positive_int, default=1, metavar="N",
+                   help="play the bag N times, like ros2 bag play --loop (each restart is a clock jump: on_time_jump)")
+    add_live_view_arguments(p)
     add_parameter_arguments(p)
     p.set_defaults(func=cmd_replay)
 
@@ -346,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("gt", metavar="GT.ply")
     p.add_argument("--threshold", type=float, default=0.05, help="F-score distance threshold in metres")
     p.add_argument("--downsample", type=float, default=0.02, help="voxel down-sampling in metres")
+    p.add_argument("--picture", metavar="FILE.png",
+                   help="also write a picture: PRED coloured by distance to GT, next to GT, from two viewpoints")
+    p.add_argument("--up-axis", choices=("x", "y", "z"), default="z", help="the meshes' up axis (for --picture)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="synthesise a room, reconstruct it and score it against ground truth")
@@ -355,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--no-progress", action="store_true")
+    add_live_view_arguments(p)
     add_parameter_arguments(p)
     p.set_defaults(func=cmd_demo)
 
@@ -366,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("rebuild-map", help="rebuild the map streamed on ~/tsdf_layer from a bag: map file, mesh")
+    p.add_argument("bag", metavar="BAG", help="a bag holding the layer stream (a replay's output.mcap, a recording)")
+    p.add_argument("--topic", default="/neuralrecon_node/tsdf_layer", help="the TsdfLayer topic")
+    p.add_argument("--map", metavar="FILE", help="write the map file (loadable with ~/load_map, replay --load-map)")
+    p.add_argument("--mesh", metavar="FILE", help="write the mesh (PLY, global frame; meshing parameters apply)")
+    add_parameter_arguments(p)
+    p.set_defaults(func=cmd_rebuild_map)
 
     p = sub.add_parser("params", help="print the commented parameter file (with --config/-p applied)")
     p.add_argument("--output", metavar="FILE", help="write it to FILE instead of stdout")

@@ -6,6 +6,7 @@ beside it: the run's options, length and hardware, its validation log, and the e
 F-score at 5 cm on held-out synthetic rooms next to depth fusion's on the same recordings.
 
     python scripts/export_demo_weights.py RUN/model_000004_bn.ckpt --run RUN --hardware "2-core CPU"
+    python scripts/export_demo_weights.py RUN/model_000004_bn.ckpt --score-only   # compare, write nothing
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 import yaml
 
 from neuralrecon_ros.core.network.checkpoint import load_checkpoint
-from neuralrecon_ros.core.network.model import NeuralRecon
+from neuralrecon_ros.core.network.model import PIXEL_MEAN, NeuralRecon
+from neuralrecon_ros.core.network.projection import IMAGE_SIZE_WH
 from neuralrecon_ros.core.training.trainer import METRICS_LOG, held_out_scores
 from neuralrecon_ros.core.training.weights import DEMO_WEIGHTS, half_precision_checkpoint
 from neuralrecon_ros.io.atomic import atomic_write, atomic_write_text
@@ -32,8 +34,10 @@ HELD_OUT_SEEDS = (700000, 700001, 700002, 700003)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint of the run to ship (e.g. a *_bn.ckpt)")
-    parser.add_argument("--run", type=Path, required=True, help="the run's output folder")
-    parser.add_argument("--hardware", required=True, help="what the run trained on, in words")
+    parser.add_argument("--run", type=Path, help="the run's output folder (required unless --score-only)")
+    parser.add_argument("--hardware", help="what the run trained on, in words (required unless --score-only)")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the checkpoint's fp16 export on the held-out rooms; write nothing")
     parser.add_argument("--output", type=Path, default=DEMO_WEIGHTS)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(HELD_OUT_SEEDS))
     parser.add_argument("--frames", type=int, default=400)
@@ -41,17 +45,30 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = parser.parse_args()
+    if not args.score_only and (args.run is None or args.hardware is None):
+        parser.error("--run and --hardware are required to export (or pass --score-only)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     half = half_precision_checkpoint(args.checkpoint)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(args.output) as f:
-        torch.save(half, f)
-
     model = NeuralRecon()
-    load_checkpoint(model, args.output)  # score what ships, fp16 rounding included
+    if args.score_only:
+        model.load_state_dict({k.removeprefix("module."): v.float() for k, v in half["model"].items()})
+    else:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(args.output) as f:
+            torch.save(half, f)
+        load_checkpoint(model, args.output)  # score what ships, fp16 rounding included
     scores = held_out_scores(model, args.seeds, args.frames, args.width, args.height)
+    if args.score_only:
+        print(json.dumps({
+            "checkpoint": str(args.checkpoint),
+            "network_fscore_mean": statistics.fmean(s["network"]["fscore"] for s in scores),
+            "depth_fscore_mean": statistics.fmean(s["depth"]["fscore"] for s in scores),
+            "scenes": [{"seed": s["seed"], "fscore": s["network"]["fscore"], "prec": s["network"]["prec"],
+                        "recall": s["network"]["recall"], "depth_fscore": s["depth"]["fscore"]} for s in scores],
+        }, indent=2))
+        return
 
     records = [json.loads(line) for line in (args.run / METRICS_LOG).read_text().splitlines() if line]
     train = [r for r in records if r["type"] == "train"]
@@ -74,6 +91,16 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "options": yaml.safe_load((args.run / "training_config.yaml").read_text()),
+        },
+        # what inference needs (neuralrecon_ros.core.training.weights.apply_weights_options): the NeuralRecon
+        # parameters these weights were trained with, applied where they are the default
+        "inference": {"gru_reset_gate_quirk": True},
+        "network_input": {
+            "size_wh": list(IMAGE_SIZE_WH),
+            "pixel_mean_rgb": list(PIXEL_MEAN),
+            "pixel_std": 1.0,
+            "note": "upstream's input: frames of any size are resized to 640x480; the synthetic training rooms "
+                    "were rendered at the run's synthetic_width x synthetic_height",
         },
         "validation": validations,
         "held_out": {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from neuralrecon_ros.cli import main
 from neuralrecon_ros.core.network.checkpoint import save_checkpoint
@@ -16,7 +17,7 @@ from neuralrecon_ros.core.training import weights
 from neuralrecon_ros.io.bags import BagReader
 from neuralrecon_ros.io.ply import read_ply
 
-SUMMARY_KEYS = {"frames", "keyframes", "fragments", "dropped", "timings_ms"}
+SUMMARY_KEYS = {"frames", "keyframes", "fragments", "dropped", "time_jumps", "timings_ms"}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +46,29 @@ def test_replay_then_evaluate_depth_mode(scene, tmp_path, capsys):
     assert {"median", "p95", "total"} <= set(summary["timings_ms"]["integrate"])
     assert (out / "output.mcap").is_file() and (out / "mesh.ply").is_file()
     capsys.readouterr()
-    assert main(["evaluate", str(out / "mesh.ply"), str(scene / "gt_mesh_observed.ply")]) == 0
+    picture = tmp_path / "errors.png"
+    assert main(["evaluate", str(out / "mesh.ply"), str(scene / "gt_mesh_observed.ply"), "--picture",
+                 str(picture)]) == 0
+    assert Image.open(picture).format == "PNG"
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["prec"] > 0.9 and metrics["fscore"] > 0.8  # low-res images, but exact depth and poses
+
+
+def test_replay_loop_is_a_clock_jump_that_keeps_the_map(scene, tmp_path):
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    assert main(["replay", str(scene / "bag"), "--output", str(once), "--no-progress"]) == 0
+    assert main(["replay", str(scene / "bag"), "--output", str(twice), "--no-progress", "--loop", "2"]) == 0
+    first, second = (json.loads((out / "summary.json").read_text()) for out in (once, twice))
+    assert first["time_jumps"] == 0 and second["time_jumps"] == 1
+    # the second pass maps the same room again on top of the first: nothing is lost, little is added
+    assert second["map_blocks"] >= first["map_blocks"]
+    assert second["frames"] + second["dropped"].get("clock_jump", 0) == 2 * first["frames"]
+
+
+def test_replay_loop_must_be_positive(scene, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["replay", str(scene / "bag"), "--output", str(tmp_path / "out"), "--loop", "0"])
+    assert "--loop: must be at least 1" in capsys.readouterr().err
 
 
 def test_replay_with_config_file_and_overrides(scene, tmp_path):
@@ -109,6 +130,9 @@ def test_demo_scores_the_network_next_to_depth_fusion(tmp_path, capsys, random_c
     assert Path(network["mesh"]).is_file() and 0.0 <= network["metrics"]["fscore"] <= 1.0  # random weights
     assert depth["metrics"]["fscore"] > 0.8
     assert (out / "scene" / "gt_mesh_observed.ply").is_file()
+    picture = Image.open(report["picture"])  # three columns: the two reconstructions and the ground truth
+    assert Path(report["picture"]) == out / "comparison.png" and picture.format == "PNG"
+    assert picture.size[0] > 1.5 * picture.size[1]
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "neuralrecon (RGB + poses)" in last_line and f"{depth['metrics']['fscore']:.3f}" in last_line
 

@@ -27,7 +27,6 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
     unit: str = ""
-    read_only: bool = False  # cannot change while the node runs
 
     def describe_range(self) -> str:
         if self.choices is not None:
@@ -49,10 +48,9 @@ def param(
     maximum: float | None = None,
     choices: tuple[Any, ...] | None = None,
     unit: str = "",
-    read_only: bool = False,
 ) -> Any:
     """Declare a config field that is also a public parameter."""
-    spec = ParamSpec(description, minimum, maximum, choices, unit, read_only)
+    spec = ParamSpec(description, minimum, maximum, choices, unit)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"param": spec})
     return field(default=default, metadata={"param": spec})

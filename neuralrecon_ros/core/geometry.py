@@ -41,10 +41,13 @@ def check_rigid(T: np.ndarray, what: str = "pose", tolerance: float = 1e-3) -> n
 def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     """Rotation matrix of a quaternion given in ROS order (x, y, z, w); normalises it first."""
     q = np.array([w, x, y, z], dtype=np.float64)
-    norm = np.linalg.norm(q)
-    if not np.isfinite(norm) or norm < 1e-9:
-        raise PoseError(f"quaternion ({x}, {y}, {z}, {w}) is not finite or has zero length")
-    w, x, y, z = q / norm
+    if not np.all(np.isfinite(q)):
+        raise PoseError(f"quaternion ({x}, {y}, {z}, {w}) is not finite")
+    largest = np.abs(q).max()
+    if largest < 1e-9:
+        raise PoseError(f"quaternion ({x}, {y}, {z}, {w}) has (nearly) zero length")
+    q = q / largest  # before the norm: squaring 1e200 would overflow
+    w, x, y, z = q / np.linalg.norm(q)
     return np.array(
         [
             [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],

@@ -8,6 +8,8 @@ only ever see the global frame.
 After every reconstructor update the map's memory bounds are applied (:mod:`.mapping.memory`: clearing
 radius around the camera or a frame the node reports with :meth:`ReconstructionPipeline.set_clearing_origin`,
 block cap), and mesh changes are grouped into chunks for incremental display (:mod:`.mapping.mesh_chunks`).
+Every map update's blocks also go to a :class:`~.mapping.layer_changes.LayerChangeTracker`, so a layer stream
+can send exactly the blocks that changed or left the map (:meth:`ReconstructionPipeline.layer_changes`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import PoseError
 from .keyframes import FragmentBuilder, KeyframeConfig
 from .mapping.config import MeshingConfig
+from .mapping.keys import MAX_BLOCK_COORD
+from .mapping.layer_changes import LayerChanges, LayerChangeTracker
 from .mapping.memory import MapMemoryManager, MemoryBoundsConfig
 from .mapping.mesh_chunks import ChunkUpdate, MeshChunkConfig, MeshChunker, transform_mesh
 from .mapping.meshing import IncrementalMesher
@@ -30,6 +35,8 @@ from .types import Fragment, Frame, Mesh
 
 #: reconstructors that need a depth image with every frame
 _DEPTH_MODES = ("depth",)
+#: map updates remembered for the next re-mesh before they are merged into one set of blocks
+_MAX_PENDING_UPDATES = 256
 
 
 @dataclass
@@ -67,6 +74,7 @@ class ReconstructionPipeline:
         self._dirty_blocks: list[np.ndarray] = []
         self.memory = MapMemoryManager(memory_config)
         self.chunker = MeshChunker(chunk_config)
+        self.layer_tracker = LayerChangeTracker()
         self._clearing_origin_map: np.ndarray | None = None
         #: 'integrate' timer samples and the frames they integrated (for frames_per_integrate_call)
         self._integrate_calls = 0
@@ -77,8 +85,17 @@ class ReconstructionPipeline:
         return self.reconstructor.name in _DEPTH_MODES
 
     def process(self, frame: Frame) -> FrameResult:
-        """Feed one posed frame (pose in the global frame)."""
+        """Feed one posed frame (pose in the global frame).
+
+        Raises PoseError, before anything changes, for a camera so far from the map's origin that the map
+        cannot hold what it sees (block keys cover ±2**20 blocks per axis; 90% of that is accepted).
+        """
         frame = dataclasses.replace(frame, T_world_camera=self.T_map_global @ frame.T_world_camera)
+        position = frame.T_world_camera[:3, 3]
+        reach_m = 0.9 * MAX_BLOCK_COORD * self.tsdf_map.voxel_size * self.tsdf_map.block_size
+        if not np.all(np.abs(position) <= reach_m):
+            raise PoseError(f"frame {frame.index}: the camera is at {np.round(position, 1).tolist()} m in the map "
+                            f"frame, beyond the ±{reach_m:.0f} m the map can hold (an absurd pose?)")
         self.counts["frames"] += 1
         is_keyframe, fragment = self.fragments.add(frame)
         self.counts["keyframes"] += int(is_keyframe)
@@ -140,6 +157,10 @@ class ReconstructionPipeline:
     def _remember(self, update: MapUpdate | None) -> None:
         if update is not None and not update.is_empty:
             self._dirty_blocks.append(update.touched_blocks)
+            if len(self._dirty_blocks) > _MAX_PENDING_UPDATES:
+                # nobody meshes (e.g. a node publishing only planner products): keep each block once
+                self._dirty_blocks = [np.unique(np.concatenate(self._dirty_blocks), axis=0)]
+            self.layer_tracker.mark(update.touched_blocks)
 
     def update_mesh(self) -> np.ndarray:
         """Re-mesh the blocks touched since the last call; returns the changed block keys."""
@@ -159,6 +180,12 @@ class ReconstructionPipeline:
         self.update_mesh()
         return self.chunker.all_chunks(self.mesher) if full else self.chunker.take_changes(self.mesher)
 
+    def layer_changes(self, full: bool = False) -> LayerChanges:
+        """Map blocks changed and removed since the last call (map frame); every block with ``full`` (a
+        resend on request), at the first call and after a reset or map load. Encode with
+        ``io.tsdf_layer.encode_tsdf_layer``."""
+        return self.layer_tracker.take(self.tsdf_map, full=full)
+
     def mesh(self) -> Mesh:
         """The current mesh in the global frame."""
         self.update_mesh()
@@ -173,6 +200,7 @@ class ReconstructionPipeline:
         self._dirty_blocks = []
         self.memory.reset()
         self.chunker.reset()
+        self.layer_tracker.reset()
 
     def load_map_state(
         self, map_state: dict[str, Any], reconstructor_state: dict[str, Any] | None = None
@@ -198,4 +226,5 @@ class ReconstructionPipeline:
         self.memory.reset()
         self.mesher = IncrementalMesher(self.meshing_config)
         self.chunker.reset()
+        self.layer_tracker.reset()
         self._dirty_blocks = [self.tsdf_map.block_coords()]

@@ -54,11 +54,18 @@ class ReconstructionConfig:
         "Reconstructor: 'neuralrecon' (monocular network, needs a checkpoint) or 'depth' "
         "(projective TSDF fusion of a depth image: RGB-D cameras, ground truth, reference).",
         choices=("depth", "neuralrecon"),
-        read_only=True,
     )
     device: str = param(
         "cpu", "Torch device for the map and the network; 'auto' picks cuda when available.",
-        choices=("cpu", "cuda", "auto"), read_only=True,
+        choices=("cpu", "cuda", "auto"),
+    )
+    num_threads: int = param(
+        0, "CPU threads for torch (process-wide). 0 = automatic: 1 in depth mode and for the network on "
+        "cuda (small tensor passes: a second thread saves little on idle cores and stalls every "
+        "parallel step when other processes load them), all cores up to 4 for the network on cpu. "
+        "Idle threads sleep (OMP_WAIT_POLICY=PASSIVE unless exported otherwise) instead of spinning "
+        "against the robot's other processes. See core/threads.py and bench/bench_load.py.",
+        minimum=0, maximum=256,
     )
 
 

@@ -7,9 +7,10 @@ common ancestor and interpolates every dynamic edge between the two samples brac
 (linear translation, slerp rotation). It never extrapolates: a stamp outside an edge's history by
 more than ``tolerance_s`` raises :class:`ExtrapolationError` saying by how much.
 
-A dynamic stamp older than the newest one by more than ``jump_back_s`` means time went backwards
-(a looping bag, a restarted simulation): the dynamic history is cleared, :attr:`time_jumps` counts
-it and :meth:`take_time_jump` reports it once to whoever acts on it.
+Like tf2, the buffer never decides from stamps that time went backwards: a dynamic sample older than
+the history it would join (more than ``cache_time_s`` before the newest stamp) is stale and refused with
+:class:`StaleTransformError`, and everything already stored stays. Whoever owns the clock (the node
+logic, on its transport's clock going back) calls :meth:`clear` on a real time jump.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class ExtrapolationError(TransformLookupError):
 
 class TransformTreeError(ValueError):
     """A transform was rejected: it would make a loop, or names no frames."""
+
+
+class StaleTransformError(ValueError):
+    """A dynamic transform is older than the history kept (``cache_time_s`` before the newest stamp)."""
 
 
 @dataclass
@@ -93,18 +98,13 @@ def _frame(name: str) -> str:
 class TransformBuffer:
     """Stores ``T_parent_child`` transforms over time and answers ``T_target_source`` lookups."""
 
-    def __init__(
-        self, cache_time_s: float = 10.0, tolerance_s: float = 1e-6, jump_back_s: float | None = None
-    ) -> None:
+    def __init__(self, cache_time_s: float = 10.0, tolerance_s: float = 1e-6) -> None:
         if cache_time_s <= 0:
             raise ValueError(f"cache_time_s must be positive, got {cache_time_s}")
         self.cache_time_s = float(cache_time_s)
         self.tolerance_s = float(tolerance_s)
-        self.jump_back_s = float(cache_time_s if jump_back_s is None else jump_back_s)
         self._edges: dict[str, _Edge] = {}
         self._newest = -np.inf
-        self.time_jumps = 0
-        self._jump_pending = False
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -113,8 +113,9 @@ class TransformBuffer:
     ) -> None:
         """Add ``T_parent_child`` at ``stamp``; a static transform replaces the edge for all times.
 
-        Raises PoseError for a non-rigid transform and TransformTreeError for an edge that would
-        close a loop; the buffer is unchanged then.
+        Raises PoseError for a non-rigid transform, TransformTreeError for an edge that would close a
+        loop and StaleTransformError for a dynamic sample older than the kept history; the buffer is
+        unchanged then.
         """
         parent, child = _frame(parent), _frame(child)
         if not parent or not child or parent == child:
@@ -131,9 +132,13 @@ class TransformBuffer:
             self._edges[child] = _Edge(parent, True, [float(stamp)], [T])
             return
         stamp = float(stamp)
-        if stamp < self._newest - self.jump_back_s:
-            self._time_jumped_back()
-            edge = None
+        if not np.isfinite(stamp):
+            raise StaleTransformError(f"transform '{parent}' <- '{child}' has no finite stamp ({stamp})")
+        if stamp < self._newest - self.cache_time_s:
+            raise StaleTransformError(
+                f"transform '{parent}' <- '{child}' at t={stamp:.6f} is {self._newest - stamp:.3f} s older than "
+                f"the newest one (t={self._newest:.6f}), beyond the {self.cache_time_s:g} s of history kept"
+            )
         if edge is None or edge.static or edge.parent != parent:
             edge = self._edges[child] = _Edge(parent, False)
         i = bisect.bisect_right(edge.stamps, stamp)
@@ -152,16 +157,6 @@ class TransformBuffer:
         if keep > 0:
             del edge.stamps[:keep]
             del edge.transforms[:keep]
-
-    def _time_jumped_back(self) -> None:
-        self.clear(static=False)
-        self.time_jumps += 1
-        self._jump_pending = True
-
-    def take_time_jump(self) -> bool:
-        """True once after time went backwards (the dynamic history was cleared then)."""
-        pending, self._jump_pending = self._jump_pending, False
-        return pending
 
     def clear(self, static: bool = True) -> None:
         """Forget all transforms (``static=False``: keep the static ones)."""

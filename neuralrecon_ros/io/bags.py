@@ -27,10 +27,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.highlevel import AnyReader
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer, WriterError
-from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
 from .messages import RosbagsTypes
@@ -108,7 +107,12 @@ class _RosbagsSource(_Source):
 
     def __init__(self, paths: list[Path]) -> None:
         self.reader = AnyReader(paths, default_typestore=default_typestore())
-        self.reader.open()
+        try:
+            self.reader.open()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.reader.close()
+            raise
         self.typestore = self.reader.typestore
         self.topics = {
             name: TopicSummary(name, info.msgtype or "?", info.msgcount)
@@ -202,40 +206,53 @@ class _McapStreamSource(_Source):
 
 
 class _Sqlite3RecoverySource(_Source):
-    """Recovery: a truncated ``.db3``, padded (in a temporary copy) to the size its header declares.
+    """Recovery: a truncated ``.db3``, padded (in temporary copies) to the size its header declares.
 
     SQLite refuses a file shorter than its header says; padded, the intact pages read normally and
     reading fails where the damage starts. Rows come in insertion order (= recording order).
+
+    A row whose data reaches into the missing part (a large message spills into overflow pages further
+    on) would read the padding as if it were recorded. So the file is padded twice, with 0x00 and with
+    0xFF bytes, and both copies are read in step: a row is delivered only when both copies agree on it,
+    i.e. when none of its bytes comes from the padding; the first disagreement ends reading there.
     """
+
+    _PADDING = (b"\x00", b"\xff")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._tmpdir = tempfile.TemporaryDirectory(prefix="neuralrecon_bag_recovery_")
+        self.connections: list[sqlite3.Connection] = []
         try:
-            self._open_copy(Path(self._tmpdir.name) / path.name)
+            self._open_copies(Path(self._tmpdir.name))
         except BaseException:
-            self._tmpdir.cleanup()
+            self.close()
             raise
 
-    def _open_copy(self, copy: Path) -> None:
+    def _open_copies(self, folder: Path) -> None:
         path = self.path
-        shutil.copyfile(path, copy)
-        with open(copy, "r+b") as handle:
-            header = handle.read(100)
-            if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
-                raise BagError(f"{path} is not an SQLite database (bad header)")
-            page_size = struct.unpack(">H", header[16:18])[0]
-            page_size = 65536 if page_size == 1 else page_size
-            pages = struct.unpack(">I", header[28:32])[0]
-            if handle.seek(0, os.SEEK_END) < page_size * pages:
-                handle.truncate(page_size * pages)
-        self.connection = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        for i, fill in enumerate(self._PADDING):
+            copy = folder / f"{i}_{path.name}"
+            shutil.copyfile(path, copy)
+            with open(copy, "r+b") as handle:
+                header = handle.read(100)
+                if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+                    raise BagError(f"{path} is not an SQLite database (bad header)")
+                page_size = struct.unpack(">H", header[16:18])[0]
+                page_size = 65536 if page_size == 1 else page_size
+                pages = struct.unpack(">I", header[28:32])[0]
+                missing = page_size * pages - handle.seek(0, os.SEEK_END)
+                while missing > 0:
+                    chunk = min(missing, 1 << 20)
+                    handle.write(fill * chunk)
+                    missing -= chunk
+            self.connections.append(sqlite3.connect(f"file:{copy}?mode=ro", uri=True))
+        self.connection = self.connections[0]
         self.typestore = default_typestore()
         try:
-            rows = self.connection.execute("SELECT id, name, type FROM topics").fetchall()
+            rows = self._agreed("SELECT id, name, type FROM topics ORDER BY id")
             self._register_embedded_definitions()
-        except sqlite3.DatabaseError as exc:
-            self.connection.close()
+        except (sqlite3.DatabaseError, BagReadError) as exc:
             raise BagError(f"bag {path} is damaged beyond recovery: {exc}") from exc
         try:
             query = "SELECT topic_id, COUNT(*) FROM messages GROUP BY topic_id"
@@ -248,13 +265,30 @@ class _Sqlite3RecoverySource(_Source):
             for topic_id, (name, msgtype) in self._topic_ids.items()
         }
 
+    def _rows(self, query: str, *args: Any) -> Iterator[tuple[Any, ...]]:
+        """Rows of ``query`` on which both padded copies agree; BagReadError at the first disagreement."""
+        cursors = [connection.execute(query, *args) for connection in self.connections]
+        while True:
+            rows = [cursor.fetchone() for cursor in cursors]
+            if rows[0] != rows[1]:
+                raise BagReadError(
+                    f"bag {self.path} is damaged: reading stopped where a row reaches past the end of the "
+                    "truncated file"
+                )
+            if rows[0] is None:
+                return
+            yield rows[0]
+
+    def _agreed(self, query: str) -> list[tuple[Any, ...]]:
+        return list(self._rows(query))
+
     def _register_embedded_definitions(self) -> None:
         query = "SELECT name FROM sqlite_master WHERE type='table'"
-        tables = {row[0] for row in self.connection.execute(query)}
+        tables = {row[0] for row in self._agreed(query)}
         if "message_definitions" not in tables:  # Humble-era files carry no definitions
             return
-        query = "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions"
-        for msgtype, encoding, text in self.connection.execute(query):
+        query = "SELECT topic_type, encoding, encoded_message_definition FROM message_definitions ORDER BY id"
+        for msgtype, encoding, text in self._agreed(query):
             if msgtype not in self.typestore.types and text:
                 register_definitions(self.typestore, {msgtype: text}, idl=encoding == "ros2idl")
 
@@ -265,14 +299,15 @@ class _Sqlite3RecoverySource(_Source):
         marks = ",".join("?" * len(wanted))
         query = f"SELECT topic_id, timestamp, data FROM messages WHERE topic_id IN ({marks}) ORDER BY id"
         try:
-            for topic_id, stamp_ns, data in self.connection.execute(query, wanted):
+            for topic_id, stamp_ns, data in self._rows(query, wanted):
                 name, msgtype = self._topic_ids[topic_id]
                 yield name, msgtype, stamp_ns, data
         except sqlite3.DatabaseError as exc:
             raise BagReadError(f"bag {self.path} is damaged: reading stopped ({exc})") from exc
 
     def close(self) -> None:
-        self.connection.close()
+        for connection in self.connections:
+            connection.close()
         self._tmpdir.cleanup()
 
 
@@ -306,7 +341,7 @@ class BagReader:
             raise BagError(f"{self.path}: not a ROS 2 bag (expected a directory, a .mcap or a .db3 file)")
         try:
             return _RosbagsSource(paths)
-        except (AnyReaderError, SerdeError, ValueError, OSError) as exc:
+        except Exception as exc:  # rosbags raises many types on damaged or foreign files (TypeError, ...)
             return self._recover(paths, exc)
 
     def _recover(self, paths: list[Path], error: Exception) -> _Source:

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..core.archives import ArchiveError, check_archive
 from ..core.geometry import PoseError, check_rigid
 from ..core.mapping.keys import BlockRangeError, check_block_range, pack_keys
 from ..core.mapping.memory import BlockData, union_blocks
@@ -210,7 +212,10 @@ def load_map(path: str | os.PathLike) -> MapSnapshot:
         raise MapFileError(f"map file {path} does not exist" if not path.exists() else f"{path} is no file")
     try:
         with zipfile.ZipFile(path) as archive:
+            check_archive(archive, f"map file {path}")
             return _read(archive, path)
+    except ArchiveError as exc:
+        raise MapFileError(str(exc)) from None
     except zipfile.BadZipFile as exc:
         raise MapFileError(
             f"{path} is no neuralrecon_ros map file, or it is corrupt or truncated ({exc})") from None
@@ -253,13 +258,20 @@ def _read(archive: zipfile.ZipFile, path: Path) -> MapSnapshot:
         entry = listed.get(name)
         if not isinstance(entry, dict) or "member" not in entry:
             raise fail(f"header does not list array {name!r}")
+        member_name = str(entry["member"])
+        if not _MEMBER_NAME.fullmatch(member_name) or (name in MAP_ARRAYS and member_name != _member(name)):
+            raise fail(f"array {name!r} names member {member_name!r}, which no map file has")
         try:
-            with archive.open(str(entry["member"])) as member:
+            with archive.open(member_name) as member:
+                _check_npy_header(member, archive.getinfo(member_name).file_size, name, fail)
+            with archive.open(member_name) as member:
                 array = np.lib.format.read_array(member, allow_pickle=False)
                 if member.read(1):
                     raise fail(f"array {name!r} has trailing bytes")
         except KeyError:
-            raise fail(f"array {name!r} (member {entry['member']!r}) is missing") from None
+            raise fail(f"array {name!r} (member {member_name!r}) is missing") from None
+        except MapFileError:
+            raise
         except ValueError as exc:
             raise fail(f"array {name!r} is unreadable ({exc})") from None
         if array.dtype.str != entry.get("dtype") or list(array.shape) != entry.get("shape"):
@@ -290,6 +302,29 @@ def _read(archive: zipfile.ZipFile, path: Path) -> MapSnapshot:
         created=str(header.get("created", "")), version=version,
         metadata=metadata if isinstance(metadata, dict) else {"value": metadata},
     )
+
+
+#: the members a map file may name: its map arrays and the reconstructor state's arrays
+_MEMBER_NAME = re.compile(r"map/[a-z_]+\.npy|reconstructor/\d{4,}\.npy")
+
+
+def _check_npy_header(member: Any, member_bytes: int, name: str, fail: Callable[[str], MapFileError]) -> None:
+    """Read a ``.npy`` member's header and refuse it before any array is allocated: a dtype holding Python
+    objects (pickles), or a shape needing more bytes than the member holds (numpy would allocate it first)."""
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(member)
+        if version not in read_header:
+            raise ValueError(f".npy format version {version}, which map files do not use")
+        shape, _, dtype = read_header[version](member)
+    except ValueError as exc:
+        raise fail(f"array {name!r} is unreadable ({exc})") from None
+    if dtype.hasobject:
+        raise fail(f"array {name!r} holds Python objects (dtype {dtype}); map files never unpickle: refused")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > member_bytes:
+        raise fail(f"array {name!r} declares shape {list(shape)} ({needed} bytes) but its member holds only "
+                   f"{member_bytes} bytes")
 
 
 def _check_values(state: dict[str, Any], fail: Callable[[str], MapFileError]) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..core.geometry import make_transform, matrix_to_quaternion, quaternion_to_matrix
+from ..core.geometry import PoseError, make_transform, matrix_to_quaternion, quaternion_to_matrix
 from ..core.types import CameraIntrinsics, Mesh
 
 NS_PER_S = 1_000_000_000
@@ -44,6 +44,18 @@ IMAGE_ENCODINGS: dict[str, tuple[str, int]] = {
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
 COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 
+#: Compressed formats decoded, as Pillow names them: anything else in the payload is refused, whatever
+#: ``format`` says (Pillow would otherwise open any of its ~40 formats, some through external programs).
+COMPRESSED_IMAGE_FORMATS = ("JPEG", "PNG")
+#: Pixels a compressed image may decode to (above 8K UHD): a few kB of PNG can declare gigabytes.
+MAX_COMPRESSED_PIXELS = 1 << 25
+#: Pillow modes of a 16-bit single-channel PNG, what compressed_depth_image_transport writes.
+_DEPTH_PNG_MODES = ("I;16", "I;16B", "I;16L", "I")
+#: Widest field of view K may describe; a wider "pinhole" is a broken calibration (and would spread each
+#: pixel over metres of map, allocating blocks without bound).
+MAX_PINHOLE_FOV_DEG = 170.0
+INT32_MAX = 2**31 - 1
+
 #: Colour of a mesh marker whose mesh has no vertex colours (RGBA, 0..1).
 DEFAULT_MESH_COLOR = (0.7, 0.7, 0.7, 1.0)
 
@@ -60,6 +72,10 @@ class MessageError(ValueError):
 
 class UnsupportedEncodingError(MessageError):
     """An image encoding or compressed format this package does not decode."""
+
+
+class PoseMessageError(MessageError, PoseError):
+    """A Transform, Pose or Odometry message is not a finite rigid transform (a PoseError too)."""
 
 
 class MessageTypes(Protocol):
@@ -175,6 +191,8 @@ def sec_to_ns(stamp: float) -> int:
 def make_time(types: MessageTypes, stamp: float) -> Any:
     """``builtin_interfaces/Time`` of float seconds."""
     sec, nanosec = divmod(sec_to_ns(stamp), NS_PER_S)
+    if not -INT32_MAX - 1 <= sec <= INT32_MAX:
+        raise MessageError(f"time stamp {stamp!r} s does not fit builtin_interfaces/Time (int32 seconds)")
     return _make(types, "builtin_interfaces/msg/Time", sec=sec, nanosec=nanosec)
 
 
@@ -297,6 +315,8 @@ def _compressed_depth_payload(fmt: str, data: np.ndarray) -> tuple[str, np.ndarr
     if data.size <= header_size:
         raise MessageError(f"compressedDepth image ('{fmt}') has only {data.size} bytes")
     _, quant_a, quant_b = struct.unpack("<iff", data[:header_size].tobytes())
+    if depth_encoding == "32FC1" and not (math.isfinite(quant_a) and math.isfinite(quant_b)):
+        raise MessageError(f"compressedDepth image ('{fmt}') has non-finite quantisation {quant_a}, {quant_b}")
     return depth_encoding, data[header_size:], (quant_a, quant_b)
 
 
@@ -313,29 +333,46 @@ def decode_compressed_image(msg: Any) -> np.ndarray:
     lowered = fmt.lower()
     if "compresseddepth" in lowered:
         depth_encoding, png, (quant_a, quant_b) = _compressed_depth_payload(fmt, data)
-        raw = np.asarray(_open_image(PILImage, png, fmt)).astype(np.float32)
-        if raw.ndim != 2:
-            raise MessageError(f"compressedDepth image ('{fmt}') is not single-channel")
+        image = _open_image(PILImage, png, fmt, ("PNG",))
+        if image.mode not in _DEPTH_PNG_MODES:
+            raise MessageError(f"compressedDepth image ('{fmt}') is a {image.mode!r} PNG, not 16-bit single-channel")
+        raw = np.asarray(image).astype(np.float32)
         if depth_encoding == "16UC1":
             return raw * np.float32(1e-3)
-        # 32FC1 is stored as quantised inverse depth: depth = a / (q - b); q == 0 is invalid.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            depth = np.float32(quant_a) / (raw - np.float32(quant_b))
-        return np.where(raw > 0, depth, np.float32(np.nan)).astype(np.float32)
+        # 32FC1 is stored as quantised inverse depth: depth = a / (q - b); q == 0 is invalid, and so is
+        # a depth the quantisation cannot give (not finite, not positive)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            depth = (np.float32(quant_a) / (raw - np.float32(quant_b))).astype(np.float32)
+        valid = (raw > 0) & np.isfinite(depth) & (depth > 0)
+        return np.where(valid, depth, np.float32(np.nan)).astype(np.float32)
     if "jpeg" not in lowered and "jpg" not in lowered and "png" not in lowered:
         raise UnsupportedEncodingError(
             f"compressed image format '{fmt}' is not supported; expected jpeg, png or compressedDepth"
         )
-    image = _open_image(PILImage, data, fmt)
-    return np.array(image.convert("RGB"), dtype=np.uint8)
-
-
-def _open_image(PILImage: Any, data: np.ndarray, fmt: str) -> Any:
+    image = _open_image(PILImage, data, fmt, COMPRESSED_IMAGE_FORMATS)
     try:
-        image = PILImage.open(io.BytesIO(data.tobytes()))
+        return np.array(image.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as exc:  # a mode Pillow cannot turn into RGB
+        raise MessageError(f"compressed image ('{fmt}') of mode {image.mode!r} cannot be made RGB: {exc}") from exc
+
+
+def _open_image(PILImage: Any, data: np.ndarray, fmt: str, formats: Sequence[str]) -> Any:
+    """Decode ``data`` if it is one of ``formats`` (Pillow names) of at most MAX_COMPRESSED_PIXELS."""
+    what = f"compressed image ('{fmt}', {data.size} bytes)"
+    try:
+        image = PILImage.open(io.BytesIO(data.tobytes()), formats=list(formats))
+    except PILImage.UnidentifiedImageError:
+        raise MessageError(f"cannot decode {what}: the data is no {' or '.join(formats)} image") from None
+    except Exception as exc:  # Pillow raises several unrelated types for corrupt data
+        raise MessageError(f"cannot decode {what}: {exc}") from exc
+    width, height = image.size
+    if width * height > MAX_COMPRESSED_PIXELS:  # checked on the header, before anything is decompressed
+        raise MessageError(f"{what} declares {width}x{height} pixels, more than the {MAX_COMPRESSED_PIXELS} "
+                           "accepted (a decompression bomb?)")
+    try:
         image.load()
     except Exception as exc:  # Pillow raises several unrelated types for corrupt data
-        raise MessageError(f"cannot decode compressed image ('{fmt}', {data.size} bytes): {exc}") from exc
+        raise MessageError(f"cannot decode {what}: {exc}") from exc
     return image
 
 
@@ -368,7 +405,10 @@ def encode_compressed_image(
 def decode_camera_info(msg: Any) -> CameraIntrinsics:
     """``sensor_msgs/CameraInfo`` -> intrinsics of the published image (from K, ROI and binning).
 
-    Distortion (``d``) is not applied; callers decide whether a non-zero ``d`` matters.
+    Distortion (``d``) is not applied; callers decide whether a non-zero ``d`` matters (non-finite
+    coefficients are an error). Raises MessageError naming the problem: K not a finite camera matrix,
+    focal lengths not positive or giving a field of view over MAX_PINHOLE_FOV_DEG, an empty image, a ROI
+    outside the image, binning that leaves no pixel.
     """
     K = np.asarray(msg.k, dtype=np.float64).reshape(-1)
     width, height = int(msg.width), int(msg.height)
@@ -376,16 +416,32 @@ def decode_camera_info(msg: Any) -> CameraIntrinsics:
         raise MessageError(f"camera_info K has {K.size} values, expected 9")
     if not np.all(np.isfinite(K)) or not np.any(K):
         raise MessageError(f"camera_info K is all zero or not finite (uncalibrated camera?): {K.tolist()}")
+    if K[3] != 0 or K[6] != 0 or K[7] != 0 or K[8] != 1:
+        raise MessageError(f"camera_info K is not a camera matrix (expected [fx, s, cx, 0, fy, cy, 0, 0, 1]): "
+                           f"{K.tolist()}")
+    d = np.asarray(getattr(msg, "d", ()), dtype=np.float64)
+    if not np.all(np.isfinite(d)):
+        raise MessageError(f"camera_info distortion coefficients ({msg.distortion_model}) are not finite: "
+                           f"{d.tolist()}")
     if width <= 0 or height <= 0:
         raise MessageError(f"camera_info has a non-positive image size {width}x{height}")
-    fx, fy, cx, cy = K[0], K[4], K[2], K[5]
+    fx, fy, cx, cy = (float(v) for v in K[[0, 4, 2, 5]])
     if fx <= 0 or fy <= 0:
         raise MessageError(f"camera_info focal lengths must be positive, got fx={fx}, fy={fy}")
+    half_fov = math.tan(math.radians(MAX_PINHOLE_FOV_DEG / 2))
+    if fx * 2 * half_fov < width or fy * 2 * half_fov < height:
+        raise MessageError(f"camera_info focal lengths fx={fx}, fy={fy} for a {width}x{height} image give a "
+                           f"field of view over {MAX_PINHOLE_FOV_DEG:g} degrees: not a pinhole calibration")
     roi = getattr(msg, "roi", None)
     if roi is not None and int(roi.width) > 0 and int(roi.height) > 0:
-        cx, cy = cx - int(roi.x_offset), cy - int(roi.y_offset)
-        width, height = int(roi.width), int(roi.height)
+        x0, y0, roi_w, roi_h = int(roi.x_offset), int(roi.y_offset), int(roi.width), int(roi.height)
+        if x0 + roi_w > width or y0 + roi_h > height:
+            raise MessageError(f"camera_info ROI {roi_w}x{roi_h} at ({x0}, {y0}) lies outside the "
+                               f"{width}x{height} image")
+        cx, cy, width, height = cx - x0, cy - y0, roi_w, roi_h
     bin_x, bin_y = max(int(getattr(msg, "binning_x", 0)), 1), max(int(getattr(msg, "binning_y", 0)), 1)
+    if bin_x > width or bin_y > height:
+        raise MessageError(f"camera_info binning {bin_x}x{bin_y} leaves no pixel of the {width}x{height} image")
     if bin_x > 1 or bin_y > 1:
         fx, cx, width = fx / bin_x, cx / bin_x, width // bin_x
         fy, cy, height = fy / bin_y, cy / bin_y, height // bin_y
@@ -425,16 +481,25 @@ def encode_camera_info(types: MessageTypes, intrinsics: CameraIntrinsics, stamp:
 # transforms, poses, odometry
 
 
+def _rigid(what: str, xyz: Any, q: Any) -> np.ndarray:
+    """4x4 of a translation and a quaternion; PoseMessageError if either is not finite or q is zero."""
+    translation = np.array([xyz.x, xyz.y, xyz.z], dtype=np.float64)
+    if not np.all(np.isfinite(translation)):
+        raise PoseMessageError(f"{what} translation {translation.tolist()} is not finite")
+    try:
+        return make_transform(quaternion_to_matrix(q.x, q.y, q.z, q.w), translation)
+    except PoseError as exc:
+        raise PoseMessageError(f"{what} {exc}") from None
+
+
 def transform_to_matrix(transform: Any) -> np.ndarray:
-    """``geometry_msgs/Transform`` -> 4x4 float64 (quaternion normalised; PoseError if degenerate)."""
-    t, q = transform.translation, transform.rotation
-    return make_transform(quaternion_to_matrix(q.x, q.y, q.z, q.w), [t.x, t.y, t.z])
+    """``geometry_msgs/Transform`` -> 4x4 float64 (quaternion normalised; PoseMessageError if degenerate)."""
+    return _rigid("transform", transform.translation, transform.rotation)
 
 
 def pose_to_matrix(pose: Any) -> np.ndarray:
-    """``geometry_msgs/Pose`` -> 4x4 float64."""
-    p, q = pose.position, pose.orientation
-    return make_transform(quaternion_to_matrix(q.x, q.y, q.z, q.w), [p.x, p.y, p.z])
+    """``geometry_msgs/Pose`` -> 4x4 float64 (quaternion normalised; PoseMessageError if degenerate)."""
+    return _rigid("pose", pose.position, pose.orientation)
 
 
 def decode_odometry(msg: Any) -> tuple[float, str, str, np.ndarray]:

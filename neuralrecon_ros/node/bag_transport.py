@@ -1,9 +1,13 @@
 """The bag transport: drive :class:`NodeLogic` with a recorded bag, record what it publishes.
 
-Messages are delivered in bag-time order; after each one the logic's timer tick runs with the bag
-clock (``spin_once(bag_time)``), so the replay behaves like the live node fed at recording speed,
-only as fast as the machine allows. Everything the logic publishes goes to ``output.mcap`` in the
-output directory, stamped (log time) with the bag time at which it was published.
+Messages are delivered in bag-time order; the bag's receive clock is the logic's clock
+(``observe_clock(bag_time)`` before each message, its timer tick ``spin_once(bag_time)`` after it), so
+the replay behaves like the live node fed at recording speed, only as fast as the machine allows.
+``loops`` plays the bag that many times, like ``ros2 bag play --loop``: at each restart the clock
+really goes back, which the logic handles as a time jump (``on_time_jump``). Everything the logic
+publishes goes to ``output.mcap`` in the output directory, stamped (log time) with the replay time at
+which it was published: the bag time, plus the bag's length (and a second) for every loop before, so
+the output's log times never go back.
 
 By default the reconstruction runs inline (deterministic: a replay gives the same result every time);
 ``threaded=True`` runs it on the worker thread as the live node does. The bag is then read as fast as
@@ -27,24 +31,26 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.pipeline import ReconstructionPipeline
 from ..io.bags import BagReader, BagReadError, BagTopicError, BagWriter
+from ..io.interfaces import register_custom_types
 from ..io.messages import RosbagsTypes, sec_to_ns
+from .interface import SERVICES as NODE_SERVICES
+from .interface import TF_STATIC_TOPIC, TF_TOPIC, image_topic_of, input_handlers, input_topics
 from .logic import NodeLogic
 from .outputs import OUTPUTS, output_topic_name
 from .parameters import NodeParameters
 
+__all__ = ["OUTPUT_BAG_NAME", "SERVICES", "ReplayResult", "ServiceCall", "ServiceCallError", "ServiceResult",
+           "image_topic_of", "replay_bag"]  # image_topic_of: from .interface, kept importable here
+
 log = logging.getLogger("neuralrecon_ros")
 
 OUTPUT_BAG_NAME = "output.mcap"
-TF_TOPIC = "/tf"
-TF_STATIC_TOPIC = "/tf_static"
-IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-TF_TYPE = "tf2_msgs/msg/TFMessage"
 #: services a replay can call, with how many arguments each takes
-SERVICES = {"save_ply": 1, "save_map": 1, "load_map": 1, "reset": 0, "update_parameters": 1}
+SERVICES = {service.name: int(service.takes_path) for service in NODE_SERVICES} | {"update_parameters": 1}
 
 
 class ServiceCallError(ValueError):
@@ -103,51 +109,72 @@ class ReplayResult:
     service_results: list[ServiceResult] = field(default_factory=list)
 
 
-class _BagPublisher:
-    """The logic's publisher: writes each message into the output bag at the current bag time."""
+class MessageSink(Protocol):
+    """Where a replay's messages go: the output bag (:class:`BagWriter`), a live view (``FoxgloveLiveView``)."""
 
-    def __init__(self, writer: BagWriter) -> None:
+    def add_topic(self, topic: str, msgtype: str, latched: bool = False) -> None: ...
+
+    def write(self, topic: str, stamp_ns: int, msg: Any) -> None: ...
+
+
+class _BagPublisher:
+    """The logic's publisher: writes each message into the output bag (and the live view) at the replay time."""
+
+    def __init__(self, writer: BagWriter, live: MessageSink | None = None) -> None:
         self.writer = writer
+        self.sinks: list[MessageSink] = [writer] if live is None else [writer, live]
         self.types: RosbagsTypes = writer.types
         self.now_ns = 0
         self.topics = {output.key: output_topic_name(output.key) for output in OUTPUTS}
         self._lock = threading.Lock()  # the worker thread publishes too when the replay is threaded
-        for output in OUTPUTS:
-            writer.add_topic(self.topics[output.key], output.msgtype, latched=output.latched)
+        register_custom_types(writer.typestore)  # this package's messages (~/tsdf_layer)
+        for sink in self.sinks:
+            for output in OUTPUTS:
+                sink.add_topic(self.topics[output.key], output.msgtype, latched=output.latched)
 
     def publish(self, topic_key: str, msg: Any) -> None:
         with self._lock:
-            self.writer.write(self.topics[topic_key], self.now_ns, msg)
+            for sink in self.sinks:
+                sink.write(self.topics[topic_key], self.now_ns, msg)
 
 
-def image_topic_of(params: NodeParameters) -> str:
-    """The colour topic as image_transport names it: ``<image_topic>/compressed`` for 'compressed'."""
-    if params.image_transport == "compressed":
-        return params.image_topic.rstrip("/") + "/compressed"
-    return params.image_topic
+class _Pacer:
+    """Holds the replay back to ``rate`` times the bag's own pace (None: as fast as it goes)."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ValueError(f"the replay rate must be positive, got {rate}")
+        self.rate = rate
+        self._start: tuple[float, int] | None = None  # (wall time, replay time ns) of the first message
+
+    def wait_for(self, now_ns: int) -> None:
+        if self.rate is None:
+            return
+        if self._start is None:
+            self._start = (time.perf_counter(), now_ns)
+            return
+        wall, first_ns = self._start
+        ahead = wall + (now_ns - first_ns) * 1e-9 / self.rate - time.perf_counter()
+        if ahead > 0:
+            time.sleep(ahead)
 
 
 def _input_topics(reader: BagReader, params: NodeParameters, needs_depth: bool) -> dict[str, str]:
     """Bag topic -> input kind, checked against the bag (BagTopicError lists what the bag has)."""
-    image_topic = image_topic_of(params)
-    topics = {image_topic: "image", params.camera_info_topic: "camera_info"}
-    reader.require(image_topic, IMAGE_TYPES, f"image_topic, image_transport '{params.image_transport}'")
-    reader.require(params.camera_info_topic, "sensor_msgs/msg/CameraInfo", "camera_info_topic")
-    if needs_depth:
-        reader.require(params.depth_topic, IMAGE_TYPES, f"depth_topic, needed by mode '{params.mode}'")
-        topics[params.depth_topic] = "depth"
-    if params.pose_source == "odometry":
-        reader.require(params.odometry_topic, "nav_msgs/msg/Odometry", "odometry_topic")
-        topics[params.odometry_topic] = "odometry"
-    tf_topics = [t for t in (TF_TOPIC, TF_STATIC_TOPIC) if t in reader.topics]
-    if params.pose_source == "tf" and not tf_topics:
+    topics: dict[str, str] = {}
+    for wanted in input_topics(params, needs_depth):
+        if not wanted.sensor:  # TF: whichever of /tf and /tf_static the bag has
+            if wanted.topic in reader.topics:
+                reader.require(wanted.topic, wanted.accepted)
+                topics[wanted.topic] = wanted.kind
+            continue
+        reader.require(wanted.topic, wanted.accepted, wanted.origin)
+        topics[wanted.topic] = wanted.kind
+    if params.pose_source == "tf" and not {TF_TOPIC, TF_STATIC_TOPIC} & topics.keys():
         raise BagTopicError(
             f"bag {reader.path} has neither {TF_TOPIC} nor {TF_STATIC_TOPIC}, so no camera pose can be "
             f"looked up (pose_source 'tf'); it has: {reader.describe_topics()}"
         )
-    for topic in tf_topics:
-        reader.require(topic, TF_TYPE)
-        topics[topic] = "tf_static" if topic == TF_STATIC_TOPIC else "tf"
     return topics
 
 
@@ -183,46 +210,62 @@ def replay_bag(
     progress: bool = True,
     service_calls: Iterable[ServiceCall | Sequence[Any]] = (),
     threaded: bool = False,
+    loops: int = 1,
+    live: MessageSink | None = None,
+    rate: float | None = None,
 ) -> ReplayResult:
     """Replay ``bag_path`` through the node logic into ``pipeline``; record outputs in ``output_dir``.
 
-    ``service_calls``: ``(time_s, service, *args)`` tuples (see the module doc). Raises BagError
+    ``service_calls``: ``(time_s, service, *args)`` tuples (see the module doc), ``time_s`` on the replay
+    clock (the output bag's log time; the bag time in the first loop). Raises BagError
     (BagTopicError) before anything is mapped when the bag cannot be opened or lacks a configured
     topic, and ServiceCallError for a malformed call. ``output_dir/output.mcap`` is replaced if it exists.
+    ``live``: a second sink (a live view) that gets the input messages and everything published, as the
+    output bag does. ``rate``: replay at that multiple of the bag's own pace (1.0: as recorded) instead
+    of as fast as the machine allows.
     """
     started = time.perf_counter()
     output_bag = Path(output_dir) / OUTPUT_BAG_NAME
     errors: list[str] = []
     calls = [ServiceCall.of(c) for c in service_calls]  # malformed calls fail before the replay starts
+    if loops < 1:
+        raise ValueError(f"loops must be at least 1, got {loops}")
+    pacer = _Pacer(rate)
     with BagReader(bag_path) as reader:
         topics = _input_topics(reader, params, pipeline.needs_depth)
-        total = sum(reader.topics[t].count or 0 for t in topics) or None
+        total = loops * sum(reader.topics[t].count or 0 for t in topics) or None
         first_ns: int | None = None
-        now_ns = 0
+        now_ns = 0  # replay clock: bag time + loop offset
+        loop_offset_ns = 0
         read = 0
         with BagWriter(output_bag, overwrite=True) as writer:
-            publisher = _BagPublisher(writer)
+            publisher = _BagPublisher(writer, live)
+            if live is not None:  # the inputs too, so the view shows the camera image and TF
+                for topic in topics:
+                    live.add_topic(topic, reader.topics[topic].msgtype, latched=topic == TF_STATIC_TOPIC)
             logic = NodeLogic(params, pipeline, publisher, threaded=threaded)
             schedule = _ServiceSchedule(logic, calls)
-            handlers = {
-                "image": logic.on_image,
-                "camera_info": logic.on_camera_info,
-                "depth": logic.on_depth,
-                "odometry": logic.on_odometry,
-                "tf": lambda msg: logic.on_tf(msg, static=False),
-                "tf_static": lambda msg: logic.on_tf(msg, static=True),
-            }
+            handlers = input_handlers(logic)
             try:
                 with _progress_bar(total, progress) as bar:
                     try:
-                        for message in reader.messages(topics):
-                            schedule.run_until(message.stamp_ns, now_ns)
-                            now_ns = publisher.now_ns = message.stamp_ns
-                            first_ns = now_ns if first_ns is None else first_ns
-                            handlers[topics[message.topic]](message.msg)
-                            logic.spin_once(now_ns * 1e-9)
-                            read += 1
-                            bar.update()
+                        for _ in range(loops):
+                            bag_ns = None
+                            for message in reader.messages(topics):
+                                bag_ns = message.stamp_ns
+                                schedule.run_until(loop_offset_ns + bag_ns, now_ns)
+                                now_ns = publisher.now_ns = loop_offset_ns + bag_ns
+                                first_ns = bag_ns if first_ns is None else first_ns
+                                pacer.wait_for(now_ns)
+                                if live is not None:
+                                    live.write(message.topic, now_ns, message.msg)
+                                logic.observe_clock(bag_ns * 1e-9)
+                                handlers[topics[message.topic]](message.msg)
+                                logic.spin_once(bag_ns * 1e-9)
+                                read += 1
+                                bar.update()
+                            if bag_ns is not None and first_ns is not None:
+                                loop_offset_ns += bag_ns - first_ns + 1_000_000_000
                     except BagReadError as exc:
                         errors.append(str(exc))
                         log.error("%s; keeping what was mapped from the %d messages before it", exc, read)

@@ -5,8 +5,8 @@ A transport (rclpy live, or a bag replay) owns subscriptions, timers and publish
 - ``on_image`` / ``on_camera_info`` / ``on_depth`` / ``on_tf`` / ``on_odometry`` per message,
 - ``spin_once(now)`` on its timer tick (a bag replay: after every message), ``now`` in seconds of the
   transport's clock,
-- the services ``save_ply(path)``, ``save_map(path)``, ``load_map(path)``, ``reset()`` and
-  ``update_parameters(values)``, each returning ``(success, message)`` and never raising,
+- the services ``save_ply(path)``, ``save_map(path)``, ``load_map(path)``, ``reset()``,
+  ``resend_tsdf_layer()`` and ``update_parameters(values)``, each returning ``(success, message)`` and never raising,
 - ``finish()`` at the end of input and ``close()`` before it goes away.
 
 Nothing here blocks on input. Images wait in a bounded, time-ordered queue until their camera_info (and
@@ -24,9 +24,17 @@ Calls into one NodeLogic come from one thread at a time (rclpy: the transport's 
 the only other thread and touches only the pipeline and the map outputs.
 
 Every dropped message is counted by reason (:data:`DROP_REASONS`) and logged once per reason on the
-``neuralrecon_ros`` logger. Time going backwards by more than :data:`TIME_JUMP_BACK_S` (a looping bag, a
-restarted simulation) drops the TF history, the queued and waiting frames and the fragment under
-construction; ``on_time_jump`` decides whether the map is cleared too ('reset') or kept ('warn').
+``neuralrecon_ros`` logger.
+
+Time jumps are decided by the transport's clock, never by message stamps (as tf2 does): the transport
+calls :meth:`NodeLogic.observe_clock` with its clock (live: the node's ROS clock, ``/clock`` under
+``use_sim_time``; replay: the bag's receive clock) before it hands over what arrived, and ``spin_once``
+does too. The clock going back by more than :data:`CLOCK_JUMP_BACK_S` (a looping bag, a restarted
+simulator) drops what depends on time: the TF history, the queued and waiting frames and the fragment
+under construction. The map is kept unless ``on_time_jump`` is 'clear_map'. A message whose header
+stamp is older than what was already taken in while the clock moves on (a driver flushing its buffer, a
+relay delivering late) is stale: it is dropped as ``stale_stamp`` and nothing else changes. No input
+empties the map; ``reset()`` does.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +54,11 @@ from ..core.config import ParameterError, config_fields
 from ..core.geometry import PoseError, check_rigid
 from ..core.keyframes import KeyframeConfig
 from ..core.mapping.config import DepthFusionConfig
-from ..core.mapping.products import ProductsConfig
 from ..core.pipeline import FrameResult, ReconstructionPipeline
 from ..core.tf_buffer import (
     ConnectivityError,
     ExtrapolationError,
+    StaleTransformError,
     TransformBuffer,
     TransformLookupError,
     TransformTreeError,
@@ -68,21 +76,24 @@ from ..io.messages import (
     decode_image,
     header_stamp_ns,
     pose_to_matrix,
+    sec_to_ns,
     stamp_to_ns,
     transform_to_matrix,
 )
 from ..io.ply import write_ply
 from .diagnostics import DiagnosticsReporter, NodeSample, PipelineStats, gather_pipeline_stats
 from .outputs import OUTPUTS, MapOutputs, Publisher, RateLimiter, output_topic_name
-from .parameters import NODE_NAME, NodeConfig, NodeParameters
+from .parameters import NODE_NAME, RUNTIME_PARAMETERS, NodeParameters
 from .worker import Worker
 
 __all__ = ["DROP_REASONS", "OUTPUTS", "RUNTIME_PARAMETERS", "NodeLogic", "Publisher", "output_topic_name"]
 
 log = logging.getLogger("neuralrecon_ros")
 
-#: a stamp this much older than the newest one seen means time jumped back (not mere reordering)
-TIME_JUMP_BACK_S = 1.0
+#: the transport's clock going back by more than this is a time jump (smaller steps: clock jitter)
+CLOCK_JUMP_BACK_S = 1.0
+#: at most this many stale messages wait to see whether the clock jumps back after them (see _refuse)
+HELD_STALE_LIMIT = 64
 
 #: why messages are dropped (the keys of :attr:`NodeLogic.dropped`)
 DROP_REASONS: dict[str, str] = {
@@ -97,21 +108,19 @@ DROP_REASONS: dict[str, str] = {
     "invalid_pose": "looked-up pose is not a finite rigid transform",
     "invalid_transform": "TF/odometry transform rejected (NaN, zero quaternion, loop)",
     "queue_full": "more frames waiting than maximum_input_queue_length (oldest dropped)",
-    "time_backwards": "image not newer than the last processed frame, or waiting when time jumped back",
+    "stale_stamp": "header stamp older than what was already taken in: an image, camera_info or depth not "
+                   "newer than the last processed frame or with a stamp already taken in (re-delivered), "
+                   "TF/odometry older than the kept TF history",
+    "clock_jump": "frame waiting (queued or for the worker) when the clock jumped back",
     "backlog_full": "backlog_policy 'drop_oldest_keyframe': the oldest frame waiting for the worker",
     "backlog_skip": "backlog_policy 'skip_fragment': waiting frames, dropped with the fragment being built",
     "pipeline_error": "the reconstruction pipeline raised on the frame (logged)",
+    "lost_in_transport": "lost by the middleware before it reached the node (best-effort input: large images "
+                         "and too small a receive buffer; see docs/ros.md, QoS)",
 }
 
 #: kinds of input message (the keys of :attr:`NodeLogic.received`)
 INPUT_KINDS = ("image", "camera_info", "depth", "odometry", "tf", "tf_static")
-
-#: parameters that update_parameters() may change while the node runs; everything else is start-up only
-RUNTIME_PARAMETERS = frozenset(
-    {f.name for group in (NodeConfig, ProductsConfig, DepthFusionConfig) for f in config_fields(group)}
-    | {"keyframe_min_translation_m", "keyframe_min_rotation_deg", "max_wait_for_pose_s",
-       "maximum_input_queue_length", "approximate_sync_tolerance_s"}
-)
 
 
 class FrameRejected(Exception):
@@ -193,8 +202,8 @@ class NodeLogic:
         self._queue: list[_PendingFrame] = []
         self._infos: dict[int, CameraIntrinsics] = {}
         self._depths: dict[int, Any] = {}
-        self._clock: float | None = None  # newest message stamp seen (s)
-        self._now: float | None = None  # the transport's clock at the last spin (s)
+        self._clock: float | None = None  # message time: the newest header stamp taken in (s)
+        self._now: float | None = None  # the transport's clock, as last observed (s)
         self._next_index = 0
         self._last_processed_ns: int | None = None  # newest stamp handed to the worker
         self._publish_pending = False
@@ -202,6 +211,15 @@ class NodeLogic:
         self._odometry_child: str | None = None
         self._last_info_ns: int | None = None
         self._warned: set[str] = set()
+        # live: a steady clock (spin_once's ``steady``) carries the outputs' clock on while no input
+        # advances message time, so the backlog and the final map still reach the topics
+        self._steady: float | None = None
+        self._steady_at_input: float | None = None  # steady time when message time last advanced
+        self._clock_at_input: float | None = None
+        #: stamps taken in per kind and not yet behind the last processed frame (finds re-deliveries)
+        self._taken: dict[str, set[int]] = {"image": set(), "camera_info": set(), "depth": set()}
+        #: (kind, message, clock at arrival, drop message) of stale messages that may open a new timeline
+        self._held: deque[tuple[str, Any, float, str]] = deque()
 
     def _tf_cache_time(self) -> float:
         return max(10.0, 4.0 * self.params.max_wait_for_pose_s)
@@ -224,33 +242,91 @@ class NodeLogic:
             log.warning(message, *args)
 
     def _observe(self, stamp: float) -> None:
-        """Advance message time; detect time jumping backwards."""
-        if self._clock is not None and stamp < self._clock - TIME_JUMP_BACK_S:
-            self._time_jumped_back(stamp)
+        """Advance message time (the newest stamp taken in); stamps never signal a time jump."""
         self._clock = stamp if self._clock is None else max(self._clock, stamp)
 
-    def _time_jumped_back(self, stamp: float) -> None:
+    def _stale(self, kind: str, what: str, stamp_ns: int, tolerance_ns: int = 0) -> str | None:
+        """Why a message can never be used: stamped no newer than the last frame handed to the worker, or
+        with a stamp already taken in for its kind (re-delivered). None: it is new, and now taken in."""
+        last = self._last_processed_ns
+        if last is not None and stamp_ns <= last - tolerance_ns:
+            return (f"{what} at t={stamp_ns * 1e-9:.6f} is {(last - stamp_ns) * 1e-9:.3f} s older than the last "
+                    f"processed frame (t={last * 1e-9:.6f}) while the clock moves on: a late or re-delivered "
+                    "message (the map is unaffected)")
+        taken = self._taken[kind]
+        if stamp_ns in taken:
+            return (f"{what} at t={stamp_ns * 1e-9:.6f}: a {kind} with this stamp was already taken in "
+                    "(a re-delivered message; the map is unaffected)")
+        taken.add(stamp_ns)
+        while len(taken) > self._store_limit():
+            taken.remove(min(taken))
+        return None
+
+    def _forget_taken(self, before_ns: int) -> None:
+        """Stamps up to ``before_ns`` need no record: the stamp rule or the pruning horizon covers them."""
+        for kind, taken in self._taken.items():
+            if taken and min(taken) <= before_ns:
+                self._taken[kind] = {s for s in taken if s > before_ns}
+
+    def observe_clock(self, now: float) -> None:
+        """The transport's clock (s): its going back is a time jump. Call before handing over what arrived."""
+        previous, self._now = self._now, now
+        if previous is not None and now < previous - CLOCK_JUMP_BACK_S:
+            self._time_jumped_back(previous, now)
+        self._expire_held(final=False)
+
+    def _refuse(self, kind: str, msg: Any, stamp_ns: int, reason: str) -> None:
+        """Drop a stale image, camera_info or depth image as ``stale_stamp``.
+
+        One stamped more than CLOCK_JUMP_BACK_S before the last processed frame may instead be the first
+        of a new timeline whose clock jump has not reached the node yet (live, a looping player's data can
+        arrive before its ``/clock``): it is held until the clock has moved on by CLOCK_JUMP_BACK_S, then
+        dropped; a jump back within that time hands it over again, in the new timeline.
+        """
+        last = self._last_processed_ns
+        if self._now is None or last is None or last - stamp_ns <= sec_to_ns(CLOCK_JUMP_BACK_S):
+            self._drop("stale_stamp", reason)
+            return
+        self._held.append((kind, msg, self._now, reason))
+        while len(self._held) > HELD_STALE_LIMIT:
+            self._drop("stale_stamp", self._held.popleft()[3])
+
+    def _expire_held(self, final: bool) -> None:
+        while self._held and (final or self._now is None or self._now - self._held[0][2] > CLOCK_JUMP_BACK_S):
+            self._drop("stale_stamp", self._held.popleft()[3])
+
+    def _time_jumped_back(self, previous: float, now: float) -> None:
         self.time_jumps += 1
-        reset = self.params.on_time_jump == "reset"
+        clear_map = self.params.on_time_jump == "clear_map"
         waiting = self.worker.clear_frames()
         log.warning(
-            "time jumped back from %.3f to %.3f s (looping bag or restarted clock): dropping the TF history, "
+            "clock jumped back from %.3f to %.3f s (looping bag or restarted simulator): dropping the TF history, "
             "%d queued and %d waiting frame(s) and the fragment under construction; %s (on_time_jump '%s')",
-            self._clock, stamp, len(self._queue), len(waiting),
-            "clearing the map" if reset else "the map is kept", self.params.on_time_jump,
+            previous, now, len(self._queue), len(waiting),
+            "clearing the map" if clear_map else "the map is kept", self.params.on_time_jump,
         )
         for entry in [*self._queue, *(posed.entry for posed in waiting)]:
-            self._drop("time_backwards", f"{entry.what} was waiting when time jumped back")
+            self._drop("clock_jump", f"{entry.what} was waiting when the clock jumped back")
         self._queue.clear()
         self._infos.clear()
         self._depths.clear()
+        for taken in self._taken.values():
+            taken.clear()
         self.tf.clear(static=False)
-        if reset:
-            self.worker.submit_job(lambda: self._reset_map(stamp), "reset after the time jump")
+        if clear_map:
+            self.worker.submit_job(lambda: self._reset_map(now), "clear the map after the time jump")
         else:
             self.worker.submit_job(self._abandon_fragment, "drop the fragment after the time jump")
-        self._clock = stamp
+        self._clock = None
         self._last_processed_ns = None
+        held, self._held = list(self._held), deque()
+        handlers = {"image": self.on_image, "camera_info": self.on_camera_info, "depth": self.on_depth}
+        for kind, msg, _, reason in held:  # the new timeline's first messages, if they came before the jump
+            if header_stamp_ns(msg) > sec_to_ns(now + CLOCK_JUMP_BACK_S):
+                self._drop("stale_stamp", reason)
+                continue
+            self.received[kind] -= 1  # counted when it arrived
+            handlers[kind](msg)
 
     @property
     def queue_length(self) -> int:
@@ -291,12 +367,8 @@ class NodeLogic:
                 f"(is image_topic a depth or raw Bayer stream?)",
             )
             return
-        if self._last_processed_ns is not None and stamp_ns <= self._last_processed_ns:
-            self._drop(
-                "time_backwards",
-                f"image {index} at t={stamp_ns * 1e-9:.6f} is not newer than the last processed frame "
-                f"(t={self._last_processed_ns * 1e-9:.6f})",
-            )
+        if (stale := self._stale("image", f"image {index}", stamp_ns)) is not None:
+            self._refuse("image", msg, stamp_ns, stale)
             return
         entry = _PendingFrame(index, stamp_ns, msg, str(msg.header.frame_id))
         bisect.insort(self._queue, entry, key=lambda e: e.stamp_ns)
@@ -312,6 +384,9 @@ class NodeLogic:
         # camera_info and depth do not advance message time: some drivers stamp camera_info with 0
         self.received["camera_info"] += 1
         stamp_ns = header_stamp_ns(msg)
+        if (stale := self._stale("camera_info", "camera_info", stamp_ns, self._sync_tolerance_ns())) is not None:
+            self._refuse("camera_info", msg, stamp_ns, stale)
+            return
         self._last_info_ns = stamp_ns
         try:
             intrinsics = decode_camera_info(msg)
@@ -337,11 +412,20 @@ class NodeLogic:
                 f"depth image has encoding '{msg.encoding}'; expected {' or '.join(DEPTH_ENCODINGS)}",
             )
             return
+        if (stale := self._stale("depth", "depth image", stamp_ns, self._sync_tolerance_ns())) is not None:
+            self._refuse("depth", msg, stamp_ns, stale)
+            return
         self._store(self._depths, stamp_ns, msg)
+
+    def _sync_tolerance_ns(self) -> int:
+        return round(self.params.approximate_sync_tolerance_s * 1e9)
+
+    def _store_limit(self) -> int:
+        return max(64, 2 * self.params.maximum_input_queue_length)
 
     def _store(self, store: dict[int, Any], stamp_ns: int, value: Any) -> None:
         store[stamp_ns] = value
-        limit = max(64, 2 * self.params.maximum_input_queue_length)
+        limit = self._store_limit()
         while len(store) > limit:  # unmatched extras (e.g. camera_info faster than images)
             del store[min(store)]
 
@@ -351,11 +435,11 @@ class NodeLogic:
         for transform in msg.transforms:
             stamp = stamp_to_ns(transform.header.stamp) * 1e-9
             parent, child = str(transform.header.frame_id), str(transform.child_frame_id)
-            if not static:
-                if child.lstrip("/") == self._odometry_child:
-                    continue  # pose_source 'odometry' owns this edge
+            if not static and child.lstrip("/") == self._odometry_child:
+                continue  # pose_source 'odometry' owns this edge
+            # only an accepted transform advances message time: a rejected one must change nothing
+            if self._set_transform(parent, child, transform.transform, stamp, static) and not static:
                 self._observe(stamp)
-            self._set_transform(parent, child, transform.transform, stamp, static)
 
     def on_odometry(self, msg: Any) -> None:
         """A ``nav_msgs/Odometry``; used as the pose source when ``pose_source`` is 'odometry'."""
@@ -363,35 +447,63 @@ class NodeLogic:
         if self.params.pose_source != "odometry":
             return
         stamp_ns = header_stamp_ns(msg)
-        self._observe(stamp_ns * 1e-9)
         parent, child = str(msg.header.frame_id), str(msg.child_frame_id)
-        self._odometry_child = child.lstrip("/")
-        self._set_transform(parent, child, msg.pose.pose, stamp_ns * 1e-9, False)
+        if self._set_transform(parent, child, msg.pose.pose, stamp_ns * 1e-9, False):  # rejected: no effect
+            self._observe(stamp_ns * 1e-9)
+            self._odometry_child = child.lstrip("/")
 
-    def _set_transform(self, parent: str, child: str, geometry: Any, stamp: float, static: bool) -> None:
-        """Insert a geometry_msgs Transform or Pose as ``T_parent_child``; count it if rejected."""
+    def _set_transform(self, parent: str, child: str, geometry: Any, stamp: float, static: bool) -> bool:
+        """Insert a geometry_msgs Transform or Pose as ``T_parent_child``; False (counted) if rejected."""
         try:
             T = pose_to_matrix(geometry) if hasattr(geometry, "position") else transform_to_matrix(geometry)
             self.tf.set_transform(parent, child, T, stamp, static=static)
         except (PoseError, TransformTreeError) as exc:
             self._drop("invalid_transform", f"'{parent}' <- '{child}' at t={stamp:.6f}: {exc}")
+            return False
+        except StaleTransformError as exc:
+            self._drop("stale_stamp", f"{exc} (a late or re-delivered message; the map is unaffected)")
+            return False
+        return True
 
     # --- processing -------------------------------------------------------------------------
 
-    def spin_once(self, now: float) -> None:
-        """Timer tick: pair, pose and hand over every frame that is ready; publish what is due."""
-        self._now = now
+    def spin_once(self, now: float, steady: float | None = None) -> None:
+        """Timer tick: pair, pose and hand over every frame that is ready; publish what is due.
+
+        ``steady`` (live transports): a monotonic clock (s). Output rates then go on with it while no
+        input arrives (and /diagnostics follows it), so outputs never freeze when the input (or a
+        simulated clock) stops. Without it, rates follow message time and the transport clock only.
+        """
+        self.observe_clock(now)
         self._collect()
         self._process_queue(final=False)
         self._prune_stores()
+        if steady is not None:
+            if self._clock != self._clock_at_input or self._steady_at_input is None:
+                self._clock_at_input, self._steady_at_input = self._clock, steady
+            self._steady = steady
         self._request_publication()
         self._collect()
-        if self._diagnostics_limiter.due(now, self.params.diagnostics_rate_hz):
-            self._diagnostics_limiter.mark(now)
+        diagnostics_clock = now if steady is None else steady
+        if self._diagnostics_limiter.due(diagnostics_clock, self.params.diagnostics_rate_hz):
+            self._diagnostics_limiter.mark(diagnostics_clock)
             self._publish_diagnostics(now)
+
+    def count_dropped(self, reason: str, count: int, detail: str) -> None:
+        """Drops the transport saw before the logic did (lost in the middleware, its own mailbox full)."""
+        for _ in range(count):
+            self._drop(reason, detail)
+
+    def _output_clock(self) -> float | None:
+        """Message time, carried on by the steady clock since the last input advanced it (live only)."""
+        clock, steady, since = self._clock, self._steady, self._steady_at_input
+        if clock is None or steady is None or since is None:
+            return clock
+        return clock + max(0.0, steady - since)
 
     def finish(self) -> None:
         """End of input: process what can still be posed, drop the rest, publish the final state."""
+        self._expire_held(final=True)
         self._process_queue(final=True)
         self.worker.wait_idle()
         self._collect()
@@ -423,6 +535,9 @@ class NodeLogic:
         for store in (self._infos, self._depths):
             for stamp_ns in [s for s in store if s < horizon_ns]:
                 del store[stamp_ns]
+        if self._queue:  # a queued frame's stamp must stay on record however old it is
+            horizon_ns = min(horizon_ns, self._queue[0].stamp_ns)
+        self._forget_taken(horizon_ns - 1)
 
     def _process_queue(self, final: bool) -> None:
         global_frame = self.params.global_frame
@@ -484,13 +599,16 @@ class NodeLogic:
         except PoseError as exc:
             self._drop("invalid_pose", f"{entry.what}: {exc}")
             return
-        if self._last_processed_ns is not None and entry.stamp_ns <= self._last_processed_ns:
-            self._drop("time_backwards", f"{entry.what} is not newer than the last processed frame")
+        last = self._last_processed_ns
+        if last is not None and entry.stamp_ns <= last:  # only out-of-order arrivals get here
+            self._drop("stale_stamp", f"{entry.what} is not newer than the last processed frame "
+                                      f"(t={last * 1e-9:.6f})")
             return
         posed = _PosedFrame(entry, T_global_camera, self._clearing_origin(entry))
         policy = self.worker.policy
         dropped = self.worker.submit_frame(posed)
         self._last_processed_ns = entry.stamp_ns
+        self._forget_taken(entry.stamp_ns - self._sync_tolerance_ns())
         reason = "backlog_full" if policy == "drop_oldest_keyframe" else "backlog_skip"
         for old in dropped:
             self._drop(reason, f"{old.entry.what}: more than maximum_backlog_length = "
@@ -532,7 +650,10 @@ class NodeLogic:
         frame = Frame(entry.stamp, image, intrinsics, posed.T_global_camera, depth, entry.frame_id,
                       entry.index)
         self.pipeline.set_clearing_origin(posed.clearing_origin)
-        result = self.pipeline.process(frame)
+        try:
+            result = self.pipeline.process(frame)
+        except PoseError as exc:  # a finite pose the map cannot use (beyond its range): nothing was changed
+            raise FrameRejected("invalid_pose", f"{what}: {exc}") from None
         self.outputs.note_frame(frame, result, entry.stamp_ns)
         return result
 
@@ -573,7 +694,7 @@ class NodeLogic:
 
     def _publish_job(self) -> None:
         self._publish_pending = False
-        clock = self._clock
+        clock = self._output_clock()
         if clock is not None:
             self.outputs.publish_due(clock)
 
@@ -647,6 +768,10 @@ class NodeLogic:
     def reset(self) -> tuple[bool, str]:
         """Clear the map, the fragment under construction and the network's recurrent state."""
         return self._service("reset", lambda: self._reset_map(self._clock))
+
+    def resend_tsdf_layer(self) -> tuple[bool, str]:
+        """Publish every map block on ~/tsdf_layer now (for a late joiner or a replica that lost a message)."""
+        return self._service("resend_tsdf_layer", lambda: self.outputs.resend_tsdf_layer(self._clock))
 
     def _file_service(self, name: str, path: str, job: Callable[[Path], tuple[bool, str]],
                       writes: bool) -> tuple[bool, str]:

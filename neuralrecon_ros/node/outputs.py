@@ -9,7 +9,10 @@ computed from the pipeline by :class:`MapOutputs`, which runs on the reconstruct
 - map outputs are stamped with the stamp of the newest frame that changed the map (the message that
   triggered them; exact to the nanosecond), the fragment volume with that of the newest keyframe; all
   are in ``global_frame``;
-- after a reset or a map load every output is due again at once, the chunked mesh starts with DELETEALL.
+- after a reset or a map load every output is due again at once, the chunked mesh starts with DELETEALL;
+- ``~/tsdf_layer`` sends the map blocks changed or removed since its last message, numbered; after a
+  reset or a map load, at its first message and on request (:meth:`MapOutputs.resend_tsdf_layer`, the
+  ``~/resend_tsdf_layer`` service) it sends every block (``full``), so a receiver can always resync.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..io.messages import (
     sec_to_ns,
 )
 from ..io.planner_messages import encode_esdf_slice, encode_occupancy_grid, encode_tsdf_cloud
+from ..io.tsdf_layer import TSDF_LAYER_TYPE, encode_tsdf_layer
 from .parameters import NODE_NAME, NodeParameters
 
 log = logging.getLogger("neuralrecon_ros")
@@ -90,6 +94,10 @@ OUTPUTS: tuple[OutputTopic, ...] = (
     OutputTopic("esdf_slice", "sensor_msgs/msg/PointCloud2", True,
                 "2D ESDF slice in global_frame (x, y, z, distance) at esdf_slice_height_m",
                 "esdf_publish_rate_hz"),
+    OutputTopic("tsdf_layer", TSDF_LAYER_TYPE, False,
+                "the TSDF map's changed and removed blocks since the last message (numbered; every block "
+                "after a reset or map load, at the first message and on ~/resend_tsdf_layer), for a "
+                "replica of the map on another machine", "tsdf_layer_publish_rate_hz"),
     OutputTopic("fragment_volume", "visualization_msgs/msg/Marker", False,
                 "debug: LINE_LIST box of the fragment being built (the network's volume in neuralrecon "
                 "mode, else the box around the pending keyframes' frusta)",
@@ -100,7 +108,7 @@ OUTPUTS: tuple[OutputTopic, ...] = (
 )
 OUTPUTS_BY_KEY = {out.key: out for out in OUTPUTS}
 #: outputs computed from the map, in publishing order
-MAP_OUTPUT_KEYS = ("mesh_markers", "mesh", "tsdf_voxels", "occupancy_grid", "esdf_slice")
+MAP_OUTPUT_KEYS = ("mesh_markers", "mesh", "tsdf_voxels", "tsdf_layer", "occupancy_grid", "esdf_slice")
 
 
 def output_topic_name(key: str, node_name: str = NODE_NAME) -> str:
@@ -144,6 +152,9 @@ class MapOutputs:
         self.map_stamp_ns = 0  # stamp of the newest frame that changed the map
         self.fragment_stamp_ns = 0  # stamp of the newest keyframe
         self._failed_once: set[str] = set()
+        self.layer_sequence = 0  # number of the next ~/tsdf_layer message
+        self._layer_full_next = False  # the next ~/tsdf_layer message sends every block
+        self._layer_resends = 0  # resend requests: a layer message is due even if the map did not change
 
     # --- what changed ---------------------------------------------------------------------------
 
@@ -174,7 +185,7 @@ class MapOutputs:
         grid_cache: dict[str, Any] = {}
         for key in MAP_OUTPUT_KEYS:
             build = functools.partial(self._map_message, key, grid_cache)
-            self._publish_if_due(key, now, final, self._map_version, build)
+            self._publish_if_due(key, now, final, self._version(key), build)
         self._publish_if_due("fragment_volume", now, final, self._fragment_version,
                              self._fragment_volume_message)
 
@@ -198,14 +209,45 @@ class MapOutputs:
                     self.published[key] += 1
         except Exception as exc:  # a bad product (e.g. a tilted map for the 2D grid) must not stop the others
             self.errors += 1
+            if key == "tsdf_layer":  # changes taken but not sent: a full message, due at the next period
+                self._layer_full_next = True
+                self._layer_resends += 1
             if key not in self._failed_once:
                 self._failed_once.add(key)
                 log.error("cannot publish %s: %s: %s [logged once; counted in /diagnostics]",
                           output_topic_name(key), type(exc).__name__, exc)
 
+    def _version(self, key: str) -> int:
+        return self._map_version + self._layer_resends if key == "tsdf_layer" else self._map_version
+
+    def resend_tsdf_layer(self, now: float | None) -> tuple[bool, str]:
+        """Publish every map block on ~/tsdf_layer now (``now``: message time), whatever its period."""
+        if float(self.params.tsdf_layer_publish_rate_hz) <= 0:
+            return False, "~/tsdf_layer is off (tsdf_layer_publish_rate_hz is 0): nothing to resend"
+        self._layer_full_next = True
+        self._layer_resends += 1
+        published = self.published["tsdf_layer"]
+        build = functools.partial(self._map_message, "tsdf_layer", {})
+        self._publish_if_due("tsdf_layer", 0.0 if now is None else now, True, self._version("tsdf_layer"), build)
+        if self.published["tsdf_layer"] == published:
+            return False, "the full ~/tsdf_layer message could not be published (see the log)"
+        return True, (f"sent every map block ({self.pipeline.tsdf_map.num_blocks}) on ~/tsdf_layer as message "
+                      f"{self.layer_sequence - 1}")
+
     def _map_message(self, key: str, grid_cache: dict[str, Any]) -> Any | None:
         p, pipeline, types = self.params, self.pipeline, self.publisher.types
         frame, stamp = p.global_frame, self.map_stamp_ns / NS_PER_S
+        if key == "tsdf_layer":
+            changes = pipeline.layer_changes(full=self._layer_full_next)
+            self._layer_full_next = False
+            if changes.is_empty:
+                return None
+            self._layer_full_next = True  # until it is built: a failure below must not leave a silent gap
+            msg = encode_tsdf_layer(types, changes, pipeline.tsdf_map, self.layer_sequence, stamp, frame,
+                                    T_frame_map=pipeline.T_global_map)
+            self._layer_full_next = False
+            self.layer_sequence += 1
+            return msg
         if key == "mesh_markers":
             changes = pipeline.mesh_chunks()
             if changes.is_empty:

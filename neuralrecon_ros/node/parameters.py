@@ -6,7 +6,9 @@ The same names serve the ROS node (declared with descriptors), ``config/neuralre
 
 from __future__ import annotations
 
+import array
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,15 +50,18 @@ class InputConfig:
         minimum=0.0, maximum=1.0, unit="s",
     )
     input_qos: str = param(
-        "SENSOR_DATA", "QoS of the image, camera_info, depth and odometry subscriptions: 'SENSOR_DATA' "
-        "(best effort, depth 5: receives from reliable and best-effort publishers) or 'SYSTEM_DEFAULT' "
-        "(the middleware's defaults: reliable with the usual DDS vendors, so it gets nothing from a "
-        "best-effort camera driver).", choices=("SENSOR_DATA", "SYSTEM_DEFAULT"), read_only=True,
+        "RELIABLE", "QoS of the image, camera_info, depth and odometry subscriptions. 'RELIABLE' (reliable, "
+        "volatile, keep last 10: the ROS 2 default profile): no image lost in transport, but nothing from a "
+        "best-effort publisher (the node then warns, naming the topic). 'SENSOR_DATA' (best effort, depth "
+        "5): receives any camera driver, but large images are lost unless the middleware's receive buffers "
+        "are raised (docs/ros.md, QoS); losses count as lost_in_transport. 'SYSTEM_DEFAULT': the "
+        "middleware's defaults (Fast DDS: reliable, keep last 1, so images queue nowhere).",
+        choices=("RELIABLE", "SENSOR_DATA", "SYSTEM_DEFAULT"),
     )
     image_transport: str = param(
         "raw", "'raw': sensor_msgs/Image on image_topic; 'compressed': sensor_msgs/CompressedImage "
         "(jpeg/png) on image_topic + '/compressed', as image_transport names it.",
-        choices=("raw", "compressed"), read_only=True,
+        choices=("raw", "compressed"),
     )
 
 
@@ -74,6 +79,11 @@ class NodeConfig:
     fragment_volume_publish_rate_hz: float = param(
         1.0, "Rate of the debug Marker ~/fragment_volume (the box the fragment being built covers); "
         "0 disables it.", minimum=0.0, maximum=100.0, unit="Hz")
+    tsdf_layer_publish_rate_hz: float = param(
+        0.0, "Rate of ~/tsdf_layer (neuralrecon_ros_interfaces/TsdfLayer): the TSDF map's blocks changed or "
+        "removed since the last message, for an exact replica of the map on another machine (every block "
+        "at the first message, after a reset or map load, and on ~/resend_tsdf_layer); 0 disables it.",
+        minimum=0.0, maximum=100.0, unit="Hz")
     diagnostics_rate_hz: float = param(
         1.0, "Rate of diagnostic_msgs/DiagnosticArray on /diagnostics (rates, drops, latencies, map "
         "size); 0 disables it.", minimum=0.0, maximum=100.0, unit="Hz")
@@ -81,9 +91,12 @@ class NodeConfig:
         "", "Relative paths given to the save_ply / save_map / load_map services resolve against this "
         "directory ('' = the node's working directory); a leading ~ is expanded.")
     on_time_jump: str = param(
-        "reset", "When message time jumps back by more than 1 s (a looping bag, a restarted simulation): "
-        "'reset' clears the map, 'warn' keeps it. Either way TF history, waiting frames and the fragment "
-        "under construction are dropped, and the jump is counted and logged.", choices=("reset", "warn"))
+        "keep_map", "When the node's clock jumps back (ROS time, /clock under use_sim_time; a replay: the "
+        "bag's receive clock), as a looping bag or a restarted simulator makes it: TF history, waiting "
+        "frames and the fragment under construction are always dropped, and the jump is counted and "
+        "logged. 'keep_map' keeps the map; 'clear_map' also clears it (destructive: everything mapped so "
+        "far is lost). Old message stamps while the clock moves on are never a jump: such messages are "
+        "dropped as stale.", choices=("keep_map", "clear_map"))
     backlog_policy: str = param(
         "drop_oldest_keyframe", "When more than maximum_backlog_length posed frames wait for the "
         "reconstruction worker: 'drop_oldest_keyframe' drops the oldest waiting frame (the fragment under "
@@ -111,12 +124,72 @@ PARAMETER_GROUPS: tuple[type, ...] = (
 )
 
 
+#: groups whose parameters may change while the node runs (the logic reads them live or hands them on,
+#: see NodeLogic.update_parameters); with RUNTIME_EXTRAS, every other parameter is read at start-up only
+RUNTIME_GROUPS: tuple[type, ...] = (NodeConfig, ProductsConfig, DepthFusionConfig)
+RUNTIME_EXTRAS = frozenset({"keyframe_min_translation_m", "keyframe_min_rotation_deg", "max_wait_for_pose_s",
+                            "maximum_input_queue_length", "approximate_sync_tolerance_s"})
+#: the one list of parameters that may change while the node runs (ROS descriptors' read_only, the
+#: parameter file's "(read at start-up only)", NodeLogic.update_parameters all follow it)
+RUNTIME_PARAMETERS = frozenset({f.name for group in RUNTIME_GROUPS for f in config_fields(group)} | RUNTIME_EXTRAS)
+
+#: bounds of a ROS integer parameter (int64) for a one-sided range
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(frozen=True)
 class ParameterInfo:
     name: str
     default: Any
     spec: ParamSpec
     group: type
+
+    @property
+    def read_only(self) -> bool:
+        """Read at start-up only (see :data:`RUNTIME_PARAMETERS`)."""
+        return self.name not in RUNTIME_PARAMETERS
+
+
+@dataclass(frozen=True)
+class DescriptorFields:
+    """The values of an ``rcl_interfaces/ParameterDescriptor`` for one public parameter."""
+
+    description: str
+    read_only: bool
+    additional_constraints: str
+    floating_point_range: tuple[float, float] | None  # (from_value, to_value), step 0
+    integer_range: tuple[int, int] | None
+    dynamic_typing: bool  # a double that also takes an integer (`ros2 param set ... rate 3`); checked here
+
+
+def descriptor_fields(info: ParameterInfo) -> DescriptorFields:
+    """Descriptor of a registry parameter: description (+ unit), range of a number, choices, read-only."""
+    spec = info.spec
+    is_float = isinstance(info.default, float)
+    is_int = isinstance(info.default, int) and not isinstance(info.default, bool)
+    has_range = spec.minimum is not None or spec.maximum is not None
+    float_range = int_range = None
+    if has_range and is_float:
+        float_range = (-math.inf if spec.minimum is None else float(spec.minimum),
+                       math.inf if spec.maximum is None else float(spec.maximum))
+    elif has_range and is_int:
+        int_range = (INT64_MIN if spec.minimum is None else math.ceil(spec.minimum),
+                     INT64_MAX if spec.maximum is None else math.floor(spec.maximum))
+    return DescriptorFields(
+        description=spec.description + (f" Unit: {spec.unit}." if spec.unit else ""),
+        read_only=info.read_only,
+        additional_constraints=spec.describe_range(),
+        floating_point_range=float_range,
+        integer_range=int_range,
+        dynamic_typing=is_float,
+    )
+
+
+def plain_value(value: Any) -> Any:
+    """A ROS parameter value as the registry expects it (array parameters come back as array.array)."""
+    if isinstance(value, (array.array, tuple)):
+        return list(value)
+    return value
 
 
 def parameter_infos() -> dict[str, ParameterInfo]:

@@ -1,72 +1,61 @@
-"""The rclpy transport of neuralrecon_node: subscriptions, publishers, services, parameters, threads.
-
-It converts nothing and decides nothing: every message goes to :class:`~..node.logic.NodeLogic`,
-which owns pairing, the TF buffer, pose timing and publishing by topic key. Threads:
-
-- subscription callbacks (input group) only put messages in an :class:`.InputMailbox`;
-- a steady-clock timer (compute group) drains the mailbox into the logic and calls
-  ``spin_once(now)``; the logic hands posed frames to its worker thread (``threaded=True``), which
-  runs the pipeline and publishes the map outputs, so a long NeuralRecon fragment never stalls TF,
-  image reception or the tick;
-- services (service group) and parameter changes call the logic under the same lock as the timer,
-  so the logic only ever runs on one thread at a time (services wait for the worker's queued work).
+"""The rclpy glue of neuralrecon_node around :class:`~..node.logic.NodeLogic` (inputs, services, outputs:
+tables in :mod:`..node.interface` and :mod:`..node.outputs`, shared with the bag replay). Subscription
+callbacks only fill an InputMailbox; a 50 Hz steady timer feeds and ticks the logic; services and parameter
+changes call it under the timer's lock. SIGINT/SIGTERM: the final map is published, then the context ends.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import signal
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
-from rclpy.parameter import Parameter
-from rclpy.qos import (
-    DurabilityPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-    qos_profile_sensor_data,
-    qos_profile_system_default,
-)
+from rclpy.qos import DurabilityPolicy, QoSPresetProfiles, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks, UnsupportedEventTypeError
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks, UnsupportedEventTypeError
 
 from ..core.config import ParameterError
+from ..core.network.checkpoint import CheckpointError
 from ..io.messages import MessageError
+from ..io.rclpy_types import RclpyTypes
+from ..node.interface import FRAME_KINDS, SERVICES, InputMailbox, InputTopic, Service, input_handlers, input_topics
 from ..node.logic import OUTPUTS, NodeLogic
-from ..node.parameters import NODE_NAME, NodeParameters, parameter_infos
+from ..node.parameters import NODE_NAME, NodeParameters, descriptor_fields, parameter_infos, plain_value
 from ..node.pipeline_factory import build_pipeline
-from .node import InputMailbox, RclpyTypes, descriptor_fields, plain_value, run_service_call
 
-#: period of the compute tick (steady clock, so it also runs while a bag is paused)
 TICK_PERIOD_S = 0.02
-#: log the transport's own input drops at most this often
-DROP_LOG_PERIOD_S = 10.0
-#: tf2_ros listener QoS: /tf reliable volatile, /tf_static reliable transient_local, depth 100 each
+FINAL_ACK_TIMEOUT_S = 2.0  # at shutdown, how long reliable subscribers get to receive the final state
+#: /tf reliable volatile, /tf_static reliable transient_local, depth 100 each (as tf2_ros listeners)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-TF_STATIC_QOS = QoSProfile(
-    depth=100, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
+TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
 #: map-like outputs: a late subscriber (RViz, Nav2) gets the last message
-LATCHED_QOS = QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 VOLATILE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-INPUT_QOS = {"SENSOR_DATA": qos_profile_sensor_data, "SYSTEM_DEFAULT": qos_profile_system_default}
-#: kinds of input the mailbox bounds like the logic's frame queue
-FRAME_KINDS = frozenset({"image", "depth"})
+INPUT_QOS = {"RELIABLE": QoSPresetProfiles.DEFAULT.value, "SENSOR_DATA": QoSPresetProfiles.SENSOR_DATA.value,
+             "SYSTEM_DEFAULT": QoSPresetProfiles.SYSTEM_DEFAULT.value}
 
 log = logging.getLogger("neuralrecon_ros")
 
 
 class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, missing interfaces, unusable checkpoint)."""
+    """The node cannot start (bad parameters, missing interfaces)."""
 
 
 class RosPublisher:
@@ -74,287 +63,210 @@ class RosPublisher:
 
     def __init__(self, node: Node, types: RclpyTypes) -> None:
         self.types = types
-        self._publishers = {
-            out.key: node.create_publisher(
-                types(out.msgtype), out.ros_name, LATCHED_QOS if out.latched else VOLATILE_QOS
-            )
-            for out in OUTPUTS
-        }
+        self._publishers = {out.key: node.create_publisher(types(out.msgtype), out.ros_name,
+                                                           LATCHED_QOS if out.latched else VOLATILE_QOS)
+                            for out in OUTPUTS}
 
     def publish(self, topic_key: str, msg: Any) -> None:
-        try:
-            publisher = self._publishers[topic_key]
-        except KeyError:
-            declared = ", ".join(self._publishers)
-            raise KeyError(f"no output topic '{topic_key}'; declared: {declared}") from None
-        publisher.publish(msg)
+        self._publishers[topic_key].publish(msg)
+
+    def wait_for_acks(self, timeout_s: float) -> None:
+        """Let reliable subscribers receive what was published (before the node goes away)."""
+        deadline = time.monotonic() + timeout_s
+        for publisher in self._publishers.values():
+            publisher.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
 
 
 class _RosLogHandler(logging.Handler):
-    """Forward the package's Python log records (node logic, pipeline) to the node's ROS logger."""
+    """The package's Python log records (node logic, pipeline) to the node's ROS logger (and /rosout)."""
 
     def __init__(self, ros_logger: Any) -> None:
         super().__init__()
-        self._ros_logger = ros_logger
+        self.ros_logger = ros_logger
 
-    def emit(self, record: logging.LogRecord) -> None:
-        text = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self._ros_logger.error(text)
-        elif record.levelno >= logging.WARNING:
-            self._ros_logger.warning(text)
-        elif record.levelno >= logging.INFO:
-            self._ros_logger.info(text)
+    def emit(self, record: logging.LogRecord) -> None:  # rclpy: one severity per call site
+        text, level = self.format(record), record.levelno
+        if level >= logging.ERROR:
+            self.ros_logger.error(text)
+        elif level >= logging.WARNING:
+            self.ros_logger.warning(text)
+        elif level >= logging.INFO:
+            self.ros_logger.info(text)
         else:
-            self._ros_logger.debug(text)
+            self.ros_logger.debug(text)
 
 
 class NeuralReconNode(Node):
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         self.params = self._declare_parameters()
-        self._types = RclpyTypes()
+        types = RclpyTypes()
         try:
-            save_file = self._types("neuralrecon_ros_interfaces/srv/SaveFile")
+            service_types = {s.srvtype: types(s.srvtype) for s in SERVICES}
+            publisher = RosPublisher(self, types)
         except MessageError as exc:
-            raise StartupError(
-                f"{exc} The services need the neuralrecon_ros_interfaces package built in the same "
-                "workspace: see docs/ros.md, 'Build'."
-            ) from None
-        # threaded: the pipeline runs on the logic's worker thread, so the compute tick stays short
-        self.logic = NodeLogic(self.params, build_pipeline(self.params), RosPublisher(self, self._types),
-                               threaded=True)
-        self._lock = threading.Lock()
+            raise StartupError(f"{exc} The node needs the neuralrecon_ros_interfaces package built in the "
+                               "same workspace: see docs/ros.md, 'Build'.") from None
+        self.publisher = publisher
+        self.logic = NodeLogic(self.params, build_pipeline(self.params), publisher, threaded=True)
+        self._lock = threading.Lock()  # the logic runs on one thread at a time
         self._mailbox = InputMailbox(FRAME_KINDS, self.params.maximum_input_queue_length)
-        self._reported_drops: dict[str, int] = {}
-        self._last_drop_log = self._steady_now()
-        self._dispatch: dict[str, Callable[[Any], None]] = {
-            "image": self.logic.on_image,
-            "camera_info": self.logic.on_camera_info,
-            "depth": self.logic.on_depth,
-            "odometry": self.logic.on_odometry,
-            "tf": lambda msg: self.logic.on_tf(msg, static=False),
-            "tf_static": lambda msg: self.logic.on_tf(msg, static=True),
-        }
-        self._subscribe()
-        compute = MutuallyExclusiveCallbackGroup()
-        self.create_timer(TICK_PERIOD_S, self._tick, callback_group=compute,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._handlers = input_handlers(self.logic)
+        self._handlers["lost"] = lambda lost: self.logic.count_dropped(
+            "lost_in_transport", lost[1], f"{lost[0]}: the middleware lost {lost[1]} message(s) on the way")
+        inputs = MutuallyExclusiveCallbackGroup()
+        for wanted in input_topics(self.params, self.logic.needs_depth):
+            qos = INPUT_QOS[self.params.input_qos] if wanted.sensor else (
+                TF_STATIC_QOS if wanted.kind == "tf_static" else TF_QOS)
+            self._subscribe(wanted, types(wanted.msgtype), qos, inputs)
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(TICK_PERIOD_S, self._tick, MutuallyExclusiveCallbackGroup(), clock=self._steady)
         services = MutuallyExclusiveCallbackGroup()
-        trigger = self._types("std_srvs/srv/Trigger")
-        for name in ("save_ply", "save_map", "load_map"):
-            self.create_service(save_file, f"~/{name}", self._file_service(name), callback_group=services)
-        self.create_service(trigger, "~/reset", self._reset_service, callback_group=services)
+        for service in SERVICES:
+            self.create_service(service_types[service.srvtype], f"~/{service.name}", self._service(service),
+                                callback_group=services)
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        # from here on the package's Python logging goes to the ROS logger (and /rosout)
-        self._log_handler = _RosLogHandler(self.get_logger())
-        self._saved_log_setup = (log.level, log.propagate)
+        self._log_handler = _RosLogHandler(self.get_logger())  # from here on, package logs go to ROS
         log.addHandler(self._log_handler)
         log.setLevel(logging.DEBUG)  # the ROS logger's own level decides what is shown
         log.propagate = False
-        self.get_logger().info(
-            f"mode '{self.params.mode}' on {self.params.device}; map in '{self.params.global_frame}'; "
-            f"outputs under {self.get_fully_qualified_name()}/"
-        )
-
-    # --- parameters -------------------------------------------------------------------------
+        self.get_logger().info(f"mode '{self.params.mode}' on {self.params.device}; map in "
+                               f"'{self.params.global_frame}'; outputs under {self.get_fully_qualified_name()}/")
 
     def _declare_parameters(self) -> NodeParameters:
         infos = parameter_infos()
         for name, info in infos.items():
             fields = descriptor_fields(info)
-            descriptor = ParameterDescriptor(
-                description=fields.description,
-                read_only=fields.read_only,
-                additional_constraints=fields.additional_constraints,
-            )
+            descriptor = ParameterDescriptor(description=fields.description, read_only=fields.read_only,
+                                             additional_constraints=fields.additional_constraints,
+                                             dynamic_typing=fields.dynamic_typing)
             if fields.floating_point_range is not None:
-                low, high = fields.floating_point_range
-                descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high)]
+                descriptor.floating_point_range = [FloatingPointRange(from_value=fields.floating_point_range[0],
+                                                                      to_value=fields.floating_point_range[1])]
             if fields.integer_range is not None:
-                low, high = fields.integer_range
-                descriptor.integer_range = [IntegerRange(from_value=low, to_value=high)]
-            self.declare_parameter(name, info.default, descriptor)
-        self._warn_unknown_overrides()
-        values = {name: plain_value(self.get_parameter(name).value) for name in infos}
+                descriptor.integer_range = [IntegerRange(from_value=fields.integer_range[0],
+                                                         to_value=fields.integer_range[1])]
+            try:
+                self.declare_parameter(name, info.default, descriptor)
+            except ParameterException as exc:  # rclpy's own range check of a start-up value
+                raise StartupError(f"parameter '{name}': {exc.args[0]}") from None
+        for name, override in getattr(self, "_parameter_overrides", {}).items():  # rclpy ignores typos
+            if not self.has_parameter(name) and not name.startswith("qos_overrides."):
+                try:
+                    NodeParameters({name: override.value})
+                except ParameterError as exc:
+                    self.get_logger().warning(f"ignored: {exc}")
         try:
-            return NodeParameters(values)
+            return NodeParameters({name: plain_value(self.get_parameter(name).value) for name in infos})
         except ParameterError as exc:
             raise StartupError(str(exc)) from None
 
-    def _warn_unknown_overrides(self) -> None:
-        """rclpy silently ignores overrides of undeclared parameters: name the typos."""
-        # rclpy has no public accessor for the overrides of a node in all supported distros
-        overrides = getattr(self, "_parameter_overrides", {})
-        for name, override in overrides.items():
-            if self.has_parameter(name) or name.startswith("qos_overrides."):
-                continue
-            try:
-                NodeParameters({name: override.value})
-            except ParameterError as exc:
-                self.get_logger().warning(f"ignored: {exc}")
-
-    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         ours = {p.name: plain_value(p.value) for p in parameters if p.name in self.params.as_dict()}
         if not ours:
             return SetParametersResult(successful=True)
-        trial = NodeParameters(self.params.as_dict())
-        try:
-            trial.update(ours)
-        except ParameterError as exc:
-            return SetParametersResult(successful=False, reason=str(exc))
-        # Component configs are copied into the pipeline at start-up: only the logic knows what it
-        # can change live, so without its hook a change is refused rather than silently ignored.
-        apply = getattr(self.logic, "update_parameters", None)
-        if apply is None:
-            names = ", ".join(sorted(ours))
-            return SetParametersResult(
-                successful=False,
-                reason=f"{names}: runtime changes are not supported yet; set it in the parameter file and "
-                       "restart the node",
-            )
         with self._lock:
-            ok, message = run_service_call(apply, ours)
+            ok, message = self.logic.update_parameters(ours)
         return SetParametersResult(successful=ok, reason="" if ok else message)
 
-    # --- inputs -----------------------------------------------------------------------------
+    def _subscribe(self, wanted: InputTopic, msgtype: type, qos: QoSProfile, group: Any) -> None:
+        put, kind, topic = self._mailbox.put, wanted.kind, wanted.topic
+        events = {"incompatible_qos": lambda info: self._incompatible_qos(topic, info),
+                  "message_lost": lambda info: put("lost", (kind, info.total_count_change))}
+        try:
+            self.create_subscription(msgtype, topic, lambda msg: put(kind, msg), qos, callback_group=group,
+                                     event_callbacks=SubscriptionEventCallbacks(**events))
+        except UnsupportedEventTypeError:  # a middleware without message-lost events
+            del events["message_lost"]
+            self.create_subscription(msgtype, topic, lambda msg: put(kind, msg), qos, callback_group=group,
+                                     event_callbacks=SubscriptionEventCallbacks(**events))
+            self.get_logger().warning(f"{kind}: this middleware reports no lost messages", once=True)
+        self.get_logger().info(f"{kind}: {wanted.msgtype} on '{self.resolve_topic_name(topic)}'")
 
-    def _subscribe(self) -> None:
-        p = self.params
-        qos = INPUT_QOS[p.input_qos]
-        inputs = MutuallyExclusiveCallbackGroup()
-        if p.image_transport == "compressed":
-            self._subscription("image", "sensor_msgs/msg/CompressedImage", p.image_topic + "/compressed", qos,
-                               inputs)
-        else:
-            self._subscription("image", "sensor_msgs/msg/Image", p.image_topic, qos, inputs)
-        self._subscription("camera_info", "sensor_msgs/msg/CameraInfo", p.camera_info_topic, qos, inputs)
-        if self.logic.needs_depth:
-            self._subscription("depth", "sensor_msgs/msg/Image", p.depth_topic, qos, inputs)
-        if p.pose_source == "odometry":
-            self._subscription("odometry", "nav_msgs/msg/Odometry", p.odometry_topic, qos, inputs)
-        self._subscription("tf", "tf2_msgs/msg/TFMessage", "/tf", TF_QOS, inputs)
-        self._subscription("tf_static", "tf2_msgs/msg/TFMessage", "/tf_static", TF_STATIC_QOS, inputs)
-
-    def _subscription(self, kind: str, msgtype: str, topic: str, qos: QoSProfile, group: Any) -> None:
-        put = self._mailbox.put
-        self.create_subscription(self._types(msgtype), topic, lambda msg: put(kind, msg), qos,
-                                 callback_group=group)
-        self.get_logger().info(f"{kind}: {msgtype} on '{self.resolve_topic_name(topic)}'")
-
-    # --- compute ----------------------------------------------------------------------------
-
-    def _steady_now(self) -> float:
-        return Clock(clock_type=ClockType.STEADY_TIME).now().nanoseconds * 1e-9
-
-    def _feed_logic(self) -> None:
-        """Hand the mailbox to the logic, in arrival order (call with the lock held)."""
-        for kind, msg in self._mailbox.drain():
-            try:
-                self._dispatch[kind](msg)
-            except Exception as exc:  # one bad message must not stop the node
-                self.get_logger().error(f"{kind} message rejected: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=DROP_LOG_PERIOD_S)
-
-    def _tick(self) -> None:
-        with self._lock:
-            self._feed_logic()
-            now = self.get_clock().now().nanoseconds * 1e-9
-            try:
-                self.logic.spin_once(now)
-            except Exception as exc:
-                self.get_logger().error(f"reconstruction step failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=DROP_LOG_PERIOD_S)
-        self._log_mailbox_drops()
-
-    def _log_mailbox_drops(self) -> None:
-        if self._mailbox.dropped == self._reported_drops:
-            return
-        if self._steady_now() - self._last_drop_log < DROP_LOG_PERIOD_S:
-            return
-        self._last_drop_log = self._steady_now()
-        self._reported_drops = dict(self._mailbox.dropped)
+    def _incompatible_qos(self, topic: str, info: Any) -> None:
         self.get_logger().warning(
-            f"compute cannot keep up: input messages dropped before processing so far: {self._reported_drops}"
-        )
+            f"a publisher on '{self.resolve_topic_name(topic)}' offers QoS incompatible with ours (policy "
+            f"{info.last_policy_kind}): nothing of it is received. input_qos is '{self.params.input_qos}'; "
+            "a best-effort camera driver needs input_qos: SENSOR_DATA (see docs/ros.md, QoS)")
 
-    def finish(self) -> None:
-        """Process what is left (called once, at shutdown)."""
-        with self._lock:
-            self._feed_logic()
-            self.logic.finish()
+    def _service(self, service: Service) -> Any:
+        method = getattr(self.logic, service.name)
 
-    # --- services ---------------------------------------------------------------------------
-
-    def _file_service(self, method: str) -> Callable[[Any, Any], Any]:
         def handle(request: Any, response: Any) -> Any:
-            path = request.path.strip()
-            if not path:
-                response.success, response.message = False, "path is empty; give a file path"
-                return response
-            with self._lock:
-                ok, message = run_service_call(self._logic_method(method), os.path.expanduser(path))
-            response.success, response.message = ok, message
-            # one call site per severity: rclpy refuses a call site that changes severity
-            if ok:
-                self.get_logger().info(f"~/{method}: {message}")
-            else:
-                self.get_logger().error(f"~/{method}: {message}")
+            with self._lock:  # the logic logs the outcome
+                response.success, response.message = method(*((request.path,) if service.takes_path else ()))
             return response
 
         return handle
 
-    def _reset_service(self, request: Any, response: Any) -> Any:
+    def _tick(self) -> None:
         with self._lock:
-            response.success, response.message = run_service_call(self._logic_method("reset"))
-        return response
+            now = self.get_clock().now().nanoseconds * 1e-9
+            self.logic.observe_clock(now)
+            self._feed_logic()
+            try:
+                self.logic.spin_once(now, steady=self._steady.now().nanoseconds * 1e-9)
+            except Exception as exc:  # a failed step must not stop the node
+                self.get_logger().error(f"step failed: {type(exc).__name__}: {exc}", throttle_duration_sec=10.0)
 
-    def _logic_method(self, name: str) -> Callable[..., tuple[bool, str]]:
-        """The logic's service method, or one that says it is missing (the logic grows them over time)."""
-        method = getattr(self.logic, name, None)
-        if method is not None:
-            return method
-        return lambda *args: (False, f"{name} is not available in this version of neuralrecon_node")
+    def _feed_logic(self) -> None:
+        """Hand the mailbox to the logic in arrival order, and count what it had to drop (lock held)."""
+        for kind, dropped in self._mailbox.take_dropped().items():
+            self.logic.count_dropped("queue_full", dropped, f"{kind}: more than maximum_input_queue_length "
+                                                            "waiting for the compute thread")
+        for kind, msg in self._mailbox.drain():
+            try:
+                self._handlers[kind](msg)
+            except Exception as exc:  # one bad message must not stop the node
+                log.warning("%s message rejected: %s: %s", kind, type(exc).__name__, exc)
 
-    def destroy_node(self) -> None:
-        self.logic.close()
-        log.removeHandler(self._log_handler)
-        level, log.propagate = self._saved_log_setup
-        log.setLevel(level)
+    def finish(self) -> None:
+        """Process what is left and publish the final state (at shutdown, the context still valid)."""
+        with self._lock:
+            self._feed_logic()
+            self.logic.finish()
+        self.publisher.wait_for_acks(FINAL_ACK_TIMEOUT_S)
+
+    def destroy_node(self) -> None:  # also for a node that failed to start (rclpy.shutdown destroys it)
+        if hasattr(self, "logic"):
+            self.logic.close()
+        if hasattr(self, "_log_handler"):
+            log.removeHandler(self._log_handler)
+            log.propagate = True
         super().destroy_node()
 
 
 def run(args: list[str]) -> int:
-    """Run the node until shutdown; exit status 2 when it cannot start."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT/SIGTERM; exit status 2 when it cannot start."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:  # stays installed until the process exits
+        if stop.is_set():
+            get_logger(NODE_NAME).info(f"{signal.Signals(signum).name} again: still finishing, please wait")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # before start-up: a signal then stops the node cleanly too
+        signal.signal(sig, on_signal)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = NeuralReconNode()
-    except (StartupError, ParameterError, ParameterException, *_checkpoint_error()) as exc:
+    except (StartupError, ParameterError, CheckpointError) as exc:
         get_logger(NODE_NAME).fatal(f"cannot start: {exc}")
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.shutdown()
         return 2
     executor = MultiThreadedExecutor()
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+        started = time.monotonic()
+        node.get_logger().info("shutting down: finishing the frames received so far")
+        node.finish()
+        node.get_logger().info(f"finished in {time.monotonic() - started:.1f} s; final state published")
     finally:
-        try:
-            node.finish()
-        except Exception as exc:  # the context may be gone (Ctrl-C): report, still clean up
-            node.get_logger().error(f"finishing failed: {type(exc).__name__}: {exc}")
         executor.shutdown()
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
     return 0
 
-
-def _checkpoint_error() -> tuple[type[BaseException], ...]:
-    try:
-        from ..core.network.checkpoint import CheckpointError
-    except ImportError:
-        return ()
-    return (CheckpointError,)

@@ -1,4 +1,4 @@
-"""TransformBuffer: interpolation against analytic poses, chains, inverses, errors, time jumps."""
+"""TransformBuffer: interpolation against analytic poses, chains, inverses, errors, stale stamps."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from neuralrecon_ros.core.geometry import PoseError, invert, make_transform, rot
 from neuralrecon_ros.core.tf_buffer import (
     ConnectivityError,
     ExtrapolationError,
+    StaleTransformError,
     TransformBuffer,
     TransformLookupError,
     TransformTreeError,
@@ -129,28 +130,35 @@ def test_repeated_stamp_replaces_sample():
     np.testing.assert_allclose(tf.lookup("odom", "base_link", 1.0), T_odom_base(2.0))
 
 
-def test_time_jump_back_clears_dynamic_history_once():
+def test_stale_stamp_is_refused_and_the_history_kept():
     tf = robot_buffer(stamps=(100.0, 101.0))
-    assert not tf.take_time_jump()
-    tf.set_transform("odom", "base_link", T_odom_base(100.5), 100.5)  # out of order, not a jump
-    assert tf.time_jumps == 0
-    tf.set_transform("odom", "base_link", T_odom_base(5.0), 5.0)  # 96 s back: bag looped
-    assert tf.time_jumps == 1
-    assert tf.take_time_jump() and not tf.take_time_jump()
-    assert tf.newest_stamp == 5.0
+    tf.set_transform("odom", "base_link", T_odom_base(100.5), 100.5)  # out of order, within the history
+    np.testing.assert_allclose(tf.lookup("odom", "base_link", 100.5), T_odom_base(100.5), atol=1e-12)
+    with pytest.raises(StaleTransformError, match="96.000 s older than the newest"):
+        tf.set_transform("odom", "base_link", T_odom_base(5.0), 5.0)  # a stale re-delivery, not a jump
+    assert tf.newest_stamp == 101.0
+    np.testing.assert_allclose(tf.lookup("odom", "base_link", 100.75), T_odom_base(100.75), atol=1e-12)
+    with pytest.raises(ExtrapolationError):
+        tf.lookup("odom", "base_link", 5.0)
+
+
+def test_clear_on_a_real_time_jump_keeps_static_edges():
+    tf = robot_buffer(stamps=(100.0, 101.0))
+    tf.clear(static=False)  # what the node logic does when its clock goes back
+    assert tf.newest_stamp is None
+    tf.set_transform("odom", "base_link", T_odom_base(5.0), 5.0)
+    expected = T_MAP_ODOM @ T_odom_base(5.0) @ T_BASE_CAMERA
+    np.testing.assert_allclose(tf.lookup("map", "camera", 5.0), expected, atol=1e-12)
     with pytest.raises(ExtrapolationError):
         tf.lookup("odom", "base_link", 100.5)
-    expected = T_MAP_ODOM @ T_odom_base(5.0) @ T_BASE_CAMERA  # static edges survive the jump
-    np.testing.assert_allclose(tf.lookup("map", "camera", 5.0), expected, atol=1e-12)
 
 
-def test_custom_jump_threshold():
-    tf = TransformBuffer(cache_time_s=10.0, jump_back_s=1.0)
-    tf.set_transform("a", "b", np.eye(4), 10.0)
-    tf.set_transform("a", "b", np.eye(4), 9.5)
-    assert tf.time_jumps == 0
-    tf.set_transform("a", "b", np.eye(4), 8.0)
-    assert tf.time_jumps == 1
+@pytest.mark.parametrize("stamp", [math.nan, math.inf, -math.inf])
+def test_non_finite_stamp_is_refused(stamp):
+    tf = robot_buffer(stamps=(1.0, 2.0))
+    with pytest.raises(StaleTransformError, match="no finite stamp"):
+        tf.set_transform("odom", "base_link", T_odom_base(1.5), stamp)
+    assert tf.newest_stamp == 2.0
 
 
 def test_bad_transforms_are_rejected_and_leave_the_buffer_unchanged():

@@ -18,17 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = REPO / "interfaces" / "neuralrecon_ros_interfaces"
 REQUEST = "neuralrecon_ros_interfaces/srv/SaveFile_Request"
 RESPONSE = "neuralrecon_ros_interfaces/srv/SaveFile_Response"
+LAYER = "neuralrecon_ros_interfaces/msg/TsdfLayer"
 
 
 def test_definitions_are_found_in_the_source_tree():
     assert interfaces.find_definition_dir() == SOURCE_DIR
     text = (SOURCE_DIR / "srv" / "SaveFile.srv").read_text()
-    assert load_definitions() == {"neuralrecon_ros_interfaces/srv/SaveFile": text}
+    layer = (SOURCE_DIR / "msg" / "TsdfLayer.msg").read_text()
+    assert load_definitions() == {"neuralrecon_ros_interfaces/srv/SaveFile": text, LAYER: layer}
 
 
 def test_save_file_round_trips_through_cdr():
     typestore = get_typestore(Stores.ROS2_HUMBLE)
-    assert register_custom_types(typestore) == [REQUEST, RESPONSE]
+    assert register_custom_types(typestore) == [LAYER, REQUEST, RESPONSE]
     request = typestore.types[REQUEST](path="/data/room.ply")
     response = typestore.types[RESPONSE](success=True, message="wrote 12 vertices")
     for msg, name in ((request, REQUEST), (response, RESPONSE)):
@@ -39,10 +41,23 @@ def test_save_file_round_trips_through_cdr():
     assert typestore.generate_msgdef(RESPONSE)[0] == "bool success\nstring message\n"
 
 
+def test_tsdf_layer_fields_and_constant():
+    typestore = get_typestore(Stores.ROS2_HUMBLE)
+    register_custom_types(typestore)
+    cls = typestore.types[LAYER]
+    assert cls.TSDF_SCALE == 32767
+    fields = typestore.generate_msgdef(LAYER)[0].split("=" * 80)[0].splitlines()
+    assert fields == [
+        "int16 TSDF_SCALE=32767", "std_msgs/Header header", "uint64 sequence", "bool full",
+        "float64 voxel_size", "uint32 block_size",
+        "float64 truncation_distance_vox", "geometry_msgs/Pose grid_pose", "int32[] block_indices",
+        "int16[] tsdf", "uint16[] weight", "uint8[] color", "int32[] removed_block_indices"]
+
+
 def test_registering_twice_is_harmless():
     typestore = get_typestore(Stores.ROS2_HUMBLE)
     register_custom_types(typestore)
-    assert register_custom_types(typestore) == [REQUEST, RESPONSE]
+    assert register_custom_types(typestore) == [LAYER, REQUEST, RESPONSE]
 
 
 def _write_definitions(directory: Path) -> None:

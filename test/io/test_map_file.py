@@ -3,6 +3,7 @@ of damaged or foreign files with the running map untouched, and atomic writes.""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import zipfile
@@ -245,6 +246,79 @@ def test_duplicate_blocks_are_rejected(tmp_path, mapped):
     coords[1] = coords[0]
     with pytest.raises(MapFileError, match="more than once"):
         load_map(rewrite(good, tmp_path / "dup.nrmap", arrays={"map/block_coords.npy": coords}))
+
+
+class _Exploit:
+    """Unpickling this writes a marker file: proof that a loader unpickled what it was given."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def with_members(source: Path, target: Path, members: dict[str, bytes], header: dict[str, Any] | None = None,
+                 method: int = zipfile.ZIP_STORED) -> Path:
+    """Copy a zip, patching header keys and adding (or replacing) members."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", method) as new:
+        for name in old.namelist():
+            if name in members:
+                continue
+            data = old.read(name)
+            if name == HEADER_MEMBER and header:
+                data = json.dumps({**json.loads(data), **header}).encode()
+            new.writestr(name, data)
+        for name, data in members.items():
+            new.writestr(name, data)
+    return target
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=True)
+    return buffer.getvalue()
+
+
+def test_forged_members_pickles_and_bombs_are_refused_and_the_map_is_untouched(tmp_path, mapped, monkeypatch):
+    good = save_map(tmp_path / "good.nrmap", mapped, frame_id="odom")
+    arrays = json.loads(zipfile.ZipFile(good).read(HEADER_MEMBER))["arrays"]
+    tsdf = zipfile.ZipFile(good).read("map/tsdf.npy")
+    marker = tmp_path / "unpickled.txt"
+    pickled = np.empty(1, dtype=object)
+    pickled[0] = _Exploit(marker)
+    absurd = io.BytesIO()
+    np.lib.format.write_array_header_1_0(absurd, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (10**12, 8, 8, 8)})
+    def listing(member: str) -> dict[str, Any]:
+        return {"arrays": {**arrays, "tsdf": {**arrays["tsdf"], "member": member}}}
+
+    cases = [
+        (with_members(good, tmp_path / "climb.nrmap", {"../map/tsdf.npy": tsdf}, listing("../map/tsdf.npy")),
+         "'../map/tsdf.npy' points outside the archive"),
+        (with_members(good, tmp_path / "abs.nrmap", {"/etc/tsdf.npy": tsdf}), "'/etc/tsdf.npy' points outside"),
+        (with_members(good, tmp_path / "other.nrmap", {}, listing("map/weight.npy")),
+         "names member 'map/weight.npy', which no map file has"),
+        (with_members(good, tmp_path / "pickle.nrmap", {"map/tsdf.npy": npy_bytes(pickled)}),
+         "holds Python objects .* never unpickle"),
+        (with_members(good, tmp_path / "absurd.nrmap", {"map/tsdf.npy": absurd.getvalue() + bytes(64)}),
+         r"declares shape \[1000000000000, 8, 8, 8\] \(2048000000000000 bytes\) but its member holds only"),
+        # a real decompression bomb: a TSDF of 64 MiB of zeros in a 64 kB member, against a 16 MiB budget
+        (with_members(good, tmp_path / "bomb.nrmap", {"map/tsdf.npy": npy_bytes(np.zeros((1 << 15, 8, 8, 8),
+                                                                                         np.float32))},
+                      method=zipfile.ZIP_DEFLATED), "would unpack to 0.06 GiB, more than the 0.02 GiB"),
+    ]
+    monkeypatch.setattr("neuralrecon_ros.core.archives.memory_budget_bytes", lambda: 16 << 20)
+    target = make_pipeline()
+    target.process(wall_frame(5))
+    before = state_of(target)
+    for path, message in cases:
+        assert path.stat().st_size < 1 << 20
+        with pytest.raises(MapFileError, match=message) as error:
+            load_map_into(target, path, frame_id="odom")
+        assert path.name in str(error.value)
+        assert_states_equal(state_of(target), before)
+    assert not marker.exists()
 
 
 def test_geometry_transform_and_frame_must_match_the_running_configuration(tmp_path, mapped):

@@ -29,7 +29,7 @@ N_FRAMES = 60  # 2 s at 30 Hz
 WIDTH, HEIGHT = 160, 120
 #: quiet, deterministic defaults for replays: depth mode, every output off unless a test turns it on
 QUIET = {
-    "mode": "depth", "max_wait_for_pose_s": 0.45, "on_time_jump": "warn",
+    "mode": "depth", "max_wait_for_pose_s": 0.45, "on_time_jump": "keep_map",
     "mesh_publish_rate_hz": 0.0, "full_mesh_publish_rate_hz": 0.0, "tsdf_cloud_publish_rate_hz": 0.0,
     "occupancy_publish_rate_hz": 0.0, "esdf_publish_rate_hz": 0.0, "fragment_volume_publish_rate_hz": 0.0,
     "diagnostics_rate_hz": 0.0,
@@ -98,12 +98,12 @@ def faulty_bag(folder: Path, recording: Recording, edit: Edit, name: str = "faul
     return write_bag(folder / name, edited(recording, edit), recording.messages)
 
 
-def replay(bag: Path, output: Path, service_calls: Sequence[Any] = (), threaded: bool = False,
+def replay(bag: Path, output: Path, service_calls: Sequence[Any] = (), threaded: bool = False, loops: int = 1,
            **values: Any) -> tuple[ReplayResult, Any]:
     params = NodeParameters({**QUIET, **values})
     pipeline = build_pipeline(params)
     result = replay_bag(bag, output, params, pipeline, progress=False, service_calls=service_calls,
-                        threaded=threaded)
+                        threaded=threaded, loops=loops)
     return result, pipeline
 
 

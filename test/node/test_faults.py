@@ -65,20 +65,24 @@ def last_diagnostics(output_bag: Path) -> dict[str, dict[str, str]]:
     return {status.name.split(": ")[1]: diagnostic_values(status) for status in message.status}
 
 
-def check_counts(result, pipeline, expected_drops: dict[str, int], frames: int) -> None:
-    """Drops by reason and frames, in the summary and in the final diagnostics; every image accounted for."""
+def check_counts(result, pipeline, expected_drops: dict[str, int], frames: int, images: int = N_FRAMES,
+                 other_drops: int = 0) -> None:
+    """Drops by reason and frames, in the summary and in the final diagnostics; every image accounted for.
+
+    ``other_drops``: how many of the ``stale_stamp`` drops are not images (camera_info, depth, TF).
+    """
     assert result.dropped == expected_drops and not result.errors
     assert result.counts["frames"] == frames
     not_images = ("invalid_transform", "bad_camera_info")
-    image_drops = sum(v for k, v in result.dropped.items() if k not in not_images)
-    assert frames + image_drops == result.received["image"] == N_FRAMES
+    image_drops = sum(v for k, v in result.dropped.items() if k not in not_images) - other_drops
+    assert frames + image_drops == result.received["image"] == images
     diagnostics = last_diagnostics(result.output_bag)
     inputs, reconstruction = diagnostics["inputs"], diagnostics["reconstruction"]
     for reason in DROP_REASONS:
         where = reconstruction if reason in ("backlog_full", "backlog_skip", "pipeline_error") else inputs
         assert int(where[f"dropped_{reason}"]) == expected_drops.get(reason, 0), reason
     tf_drops = expected_drops.get("tf_missing", 0) + expected_drops.get("tf_extrapolation", 0)
-    assert int(inputs["tf_drops"]) == tf_drops and int(inputs["image_received"]) == N_FRAMES
+    assert int(inputs["tf_drops"]) == tf_drops and int(inputs["image_received"]) == images
     assert int(reconstruction["frames"]) == frames
     assert int(diagnostics["map"]["map_blocks"]) == pipeline.tsdf_map.num_blocks
 
@@ -177,8 +181,8 @@ def test_camera_frame_disconnected_for_a_stretch(recording, tmp_path):
 
 
 def test_out_of_order_stamps(recording, tmp_path):
-    # frames 10 and 11, 30 and 31 arrive swapped: the newer one is processed first, the older is then
-    # behind the last processed frame and dropped
+    # frames 10 and 11, 30 and 31 arrive swapped: the newer one is processed first, the older one (image,
+    # camera_info and depth) is then behind the last processed frame: stale
     swapped = {10: 11, 11: 10, 30: 31, 31: 30}
 
     def swap(msg, frame):
@@ -187,7 +191,7 @@ def test_out_of_order_stamps(recording, tmp_path):
         return [msg]
 
     result, pipeline = run_with_snapshot(recording, tmp_path, swap, before_frame=10)
-    check_counts(result, pipeline, {"time_backwards": 2}, N_FRAMES - 2)
+    check_counts(result, pipeline, {"stale_stamp": 6}, N_FRAMES - 2, other_drops=4)
     check_map_kept(tmp_path, pipeline)
     check_sharp_mesh(recording, pipeline)
 
@@ -245,54 +249,125 @@ def test_nan_odometry(recording, tmp_path):
     check_map_kept(tmp_path, pipeline)
 
 
-def _looped(recording: Recording, loop_from: int, repeat: int):
-    """The first ``loop_from`` frames, then frames 0..repeat-1 again with their original header stamps
-    (time jumps back), recorded after them (the bag clock goes on)."""
-    step = recording.stamps_ns[1] - recording.stamps_ns[0]
-    offset = recording.stamps_ns[loop_from] - recording.stamps_ns[0]
+CAMERA_TOPICS = (TOPICS.image, TOPICS.camera_info, TOPICS.depth)
 
-    def loop(msg, frame):
+
+def _redelivered(recording: Recording, after_frame: int, frames: range, shift_s: float = 0.0):
+    """After frame ``after_frame`` (bag time), the camera driver re-delivers the image, camera_info and
+    depth of ``frames`` with their old header stamps (minus ``shift_s``) while the bag clock moves on."""
+    step = recording.stamps_ns[1] - recording.stamps_ns[0]
+    at_ns = recording.stamps_ns[min(after_frame, N_FRAMES - 1)] + step // 2
+
+    def redeliver(msg, frame):
+        if msg.topic not in CAMERA_TOPICS or frame not in frames:
+            return [msg]
+        again = copy.deepcopy(msg.msg)
+        stamp = m.header_stamp(again) - shift_s
+        again.header.stamp.sec, again.header.stamp.nanosec = divmod(m.sec_to_ns(stamp), 1_000_000_000)
+        return [msg, msg._replace(stamp_ns=at_ns + frame, msg=again)]
+
+    return redeliver
+
+
+@pytest.mark.parametrize(("after_frame", "frames", "shift_s"), [
+    (5, range(0, 5), 0.0),  # at the start
+    (30, range(20, 30), 0.0),  # in the middle
+    (60, range(50, 60), 0.0),  # at the end, after the last frame
+    (30, range(0, 10), 5.0),  # from 5 s before the recording began
+], ids=["start", "middle", "end", "long_ago"])
+def test_stale_redelivery_is_dropped_and_changes_nothing(recording, tmp_path, clean, after_frame, frames,
+                                                          shift_s):
+    edit = _redelivered(recording, after_frame, frames, shift_s)
+    result, pipeline = run_with_snapshot(recording, tmp_path, edit, before_frame=after_frame)
+    n = len(frames)
+    check_counts(result, pipeline, {"stale_stamp": 3 * n}, N_FRAMES, images=N_FRAMES + n, other_drops=2 * n)
+    assert result.time_jumps == 0 and pipeline.counts["frames"] == N_FRAMES
+    check_map_kept(tmp_path, pipeline)
+    # stale messages change nothing: the map is the clean replay's, voxel for voxel
+    clean_map = clean[1].tsdf_map
+    assert block_set(pipeline.tsdf_map.block_coords()) == block_set(clean_map.block_coords())
+    np.testing.assert_array_equal(pipeline.tsdf_map.state_dict()["tsdf"].numpy(),
+                                  clean_map.state_dict()["tsdf"].numpy())
+
+
+def test_late_tf_interleaved_with_stale_images(recording, tmp_path, clean):
+    redeliver = _redelivered(recording, 30, range(20, 30))
+
+    def late_tf_and_stale(msg, frame):
+        if msg.topic == TOPICS.tf and frame >= 20:  # 0.2 s late: waited for
+            return [msg._replace(stamp_ns=msg.stamp_ns + 200_000_000)]
+        return redeliver(msg, frame)
+
+    result, pipeline = run_with_snapshot(recording, tmp_path, late_tf_and_stale, before_frame=20)
+    check_counts(result, pipeline, {"stale_stamp": 30}, N_FRAMES, images=N_FRAMES + 10, other_drops=20)
+    check_map_kept(tmp_path, pipeline)
+    np.testing.assert_array_equal(pipeline.tsdf_map.state_dict()["tsdf"].numpy(),
+                                  clean[1].tsdf_map.state_dict()["tsdf"].numpy())
+
+
+def test_stamps_going_back_while_the_clock_moves_on_are_stale_not_a_jump(recording, tmp_path):
+    """The camera restarts its stamps (frames 0..19 again, old stamps) while the bag clock goes on: no jump,
+    nothing cleared; the repeated images, camera_infos and depth images are stale. Their TF lies within
+    the kept TF history and only re-inserts the same samples."""
+    step = recording.stamps_ns[1] - recording.stamps_ns[0]
+    offset = recording.stamps_ns[40] - recording.stamps_ns[0]
+
+    def restamped(msg, frame):
         if frame is None:
             return [msg]
-        if frame >= loop_from:
+        if frame >= 40:
             return []
         again = [msg._replace(stamp_ns=msg.stamp_ns + offset + step, msg=copy.deepcopy(msg.msg))]
-        return [msg, *again] if frame < repeat else [msg]
+        return [msg, *again] if frame < 20 else [msg]
 
-    return loop
-
-
-def test_time_jump_back_with_warn_keeps_the_map(recording, tmp_path):
-    result, pipeline = run_with_snapshot(recording, tmp_path, _looped(recording, 40, 20), before_frame=40,
-                                         on_time_jump="warn")
-    assert result.time_jumps == 1
-    assert result.dropped == {} and result.counts["frames"] == 60 and result.received["image"] == 60
+    result, pipeline = run_with_snapshot(recording, tmp_path, restamped, before_frame=40)
+    check_counts(result, pipeline, {"stale_stamp": 60}, 40, other_drops=40)
+    assert result.time_jumps == 0
     check_map_kept(tmp_path, pipeline)
+
+
+def _loop_calls(recording: Recording) -> list[tuple[float, str, str]]:
+    """Save the map and the mesh at the end of the first pass, just before the replay clock restarts."""
+    at = recording.time_of(N_FRAMES - 1)
+    return [(at, "save_map", "before.nrmap"), (at, "save_ply", "before.ply")]
+
+
+def test_loop_is_a_clock_jump_that_keeps_the_map(recording, tmp_path, clean):
+    bag = faulty_bag(tmp_path, recording, lambda msg, frame: [msg], name="bag")
+    result, pipeline = replay(bag, tmp_path / "out", service_calls=_loop_calls(recording), loops=2,
+                              output_directory=str(tmp_path), **DIAGNOSTICS)
+    assert [r.success for r in result.service_results] == [True, True]
+    # the default keeps the map: everything from the first pass is still there
+    assert result.time_jumps == 1 and result.received["image"] == 2 * N_FRAMES
+    check_map_kept(tmp_path, pipeline)
+    waiting = result.dropped.get("clock_jump", 0)  # frames of pass 1 still waiting when the clock went back
+    assert set(result.dropped) <= {"clock_jump"} and waiting <= 2
+    assert result.counts["frames"] == 2 * N_FRAMES - waiting
+    assert block_set(clean[1].tsdf_map.block_coords()) <= block_set(pipeline.tsdf_map.block_coords())
     diagnostics = last_diagnostics(result.output_bag)
     assert diagnostics["inputs"]["time_jumps"] == "1"
+    assert int(diagnostics["inputs"]["dropped_clock_jump"]) == waiting
+    # the output bag's log times never go back, though the replay clock restarted
+    times = [t for stream in read_output(result.output_bag).values() for t, _ in stream]
+    assert max(times) > recording.stamps_ns[-1] + 1_000_000_000
 
 
-def test_time_jump_back_with_reset_starts_a_new_map(recording, tmp_path):
-    bag = faulty_bag(tmp_path, recording, _looped(recording, 40, 20))
-    result, pipeline = replay(bag, tmp_path / "out", on_time_jump="reset", mesh_publish_rate_hz=1.0,
+def test_loop_with_clear_map_starts_a_new_map(recording, tmp_path, clean):
+    bag = faulty_bag(tmp_path, recording, lambda msg, frame: [msg], name="bag")
+    result, pipeline = replay(bag, tmp_path / "out", loops=2, on_time_jump="clear_map", mesh_publish_rate_hz=1.0,
                               full_mesh_publish_rate_hz=1.0, **DIAGNOSTICS)
-    assert result.time_jumps == 1 and result.dropped == {} and result.counts["frames"] == 60
-    # the map holds exactly what the 20 frames after the jump give on their own (a clean first 20 frames)
-    prefix = faulty_bag(tmp_path, recording, lambda msg, frame: [] if frame is not None and frame >= 20
-                        else [msg], name="prefix")
-    _, alone = replay(prefix, tmp_path / "alone")
+    assert result.time_jumps == 1 and set(result.dropped) <= {"clock_jump"}
+    # the map holds exactly what the second pass gives on its own: the clean replay's map
     np.testing.assert_array_equal(pipeline.tsdf_map.state_dict()["tsdf"].numpy(),
-                                  alone.tsdf_map.state_dict()["tsdf"].numpy())
+                                  clean[1].tsdf_map.state_dict()["tsdf"].numpy())
     streams = read_output(result.output_bag)
-    jump_ns = recording.stamps_ns[40]  # bag time of the first message after the jump
+    restart_ns = recording.stamps_ns[-1] + 1_000_000_000  # replay time of the second pass's first message
     # after the jump: the chunked mesh is resent from scratch (DELETEALL first), the whole mesh replaced
-    after = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t >= jump_ns]
+    after = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t >= restart_ns]
     assert after and after[0].markers[0].action == m.MARKER_DELETEALL
-    before = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t < jump_ns]
+    before = [msg for t, msg in streams[output_topic_name("mesh_markers")] if t < restart_ns]
     deletes = sum(marker.action == m.MARKER_DELETEALL for msg in before for marker in msg.markers)
     assert deletes == 1  # the first, full update at the start
-    diagnostics = last_diagnostics(result.output_bag)
-    assert diagnostics["inputs"]["time_jumps"] == "1" and diagnostics["reconstruction"]["frames"] == "60"
 
 
 def test_garbage_never_crashes_and_every_image_is_accounted_for(recording, tmp_path):

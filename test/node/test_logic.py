@@ -197,6 +197,7 @@ def feed(logic: NodeLogic, events: list[tuple[str, float, object]]) -> None:
         "odom": logic.on_odometry,
     }
     for kind, now, msg in events:
+        logic.observe_clock(now)
         handlers[kind](msg)
         logic.spin_once(now)
 
@@ -415,8 +416,8 @@ def test_queue_is_bounded():
     assert [f.index for f in pipeline.frames] == [4, 5, 6]  # the newest three survived
 
 
-@pytest.mark.parametrize("on_time_jump", ["warn", "reset"])
-def test_time_jump_back_drops_what_waits_and_resets_or_keeps_the_map(on_time_jump, caplog):
+@pytest.mark.parametrize("on_time_jump", ["keep_map", "clear_map"])
+def test_clock_jump_back_drops_what_waits_and_keeps_or_clears_the_map(on_time_jump, caplog):
     logic, pipeline, publisher = make_logic(on_time_jump=on_time_jump)
     feed(logic, camera_stream(stamps(4)))
     feed(logic, [("image", T0 + 0.5, image_msg(T0 + 0.5)), ("info", T0 + 0.5, info_msg(T0 + 0.5))])
@@ -424,12 +425,12 @@ def test_time_jump_back_drops_what_waits_and_resets_or_keeps_the_map(on_time_jum
     restart = stamps(4, T0 - 50.0)  # the bag looped
     feed(logic, camera_stream(restart))
     logic.finish()
-    assert logic.time_jumps == 1 and logic.dropped == {"time_backwards": 1}  # the frame waiting at T0 + 0.5
+    assert logic.time_jumps == 1 and logic.dropped == {"clock_jump": 1}  # the frame waiting at T0 + 0.5
     assert [f.stamp for f in pipeline.all_frames] == pytest.approx(stamps(4) + restart)
     np.testing.assert_allclose(pipeline.all_frames[-1].T_world_camera, expected_pose(restart[-1]), atol=1e-9)
-    assert "time jumped back" in caplog.text
+    assert "clock jumped back" in caplog.text
     stamps_out = [m.header_stamp_ns(msg) for key, msg in publisher.published if key == "mesh"]
-    if on_time_jump == "warn":  # the map and what was integrated before the jump are kept
+    if on_time_jump == "keep_map":  # the map and what was integrated before the jump are kept
         assert pipeline.resets == 0 and pipeline.fragments.dropped == 1 and len(pipeline.frames) == 8
         assert "the map is kept" in caplog.text
         assert stamps_out[-1] == m.sec_to_ns(restart[1])  # the 6th frame in all closed the 2nd fragment
@@ -444,12 +445,70 @@ def test_time_jump_back_drops_what_waits_and_resets_or_keeps_the_map(on_time_jum
     assert logic.status()["time_jumps"] == 1
 
 
+def test_stale_burst_while_the_clock_moves_on_is_dropped_and_changes_nothing(caplog):
+    logic, pipeline, publisher = make_logic(on_time_jump="clear_map")
+    feed(logic, camera_stream(stamps(6)))
+    now = T0 + 0.6
+    # the driver re-delivers frames 0..2 (image and camera_info, their TF too) and a 30 s old TF sample
+    burst = [(kind, now + 0.001 * i, msg) for i, (kind, _, msg) in enumerate(camera_stream(stamps(3)))]
+    burst.append(("tf", now + 0.01, odom_tf(T0 - 30.0)))
+    feed(logic, burst)
+    feed(logic, [(kind, t + 0.02, msg) for kind, t, msg in camera_stream(stamps(3, T0 + 0.6))])
+    logic.finish()
+    # 3 images + 3 camera_infos behind the last processed frame, and the TF sample beyond the history
+    assert logic.dropped == {"stale_stamp": 7} and logic.time_jumps == 0
+    assert pipeline.resets == 0 and pipeline.fragments.dropped == 0
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(9))
+    for frame in pipeline.frames:  # the re-delivered TF did not disturb the poses
+        np.testing.assert_allclose(frame.T_world_camera, expected_pose(frame.stamp), atol=1e-9)
+    assert "clock jumped back" not in caplog.text and "stale_stamp" in caplog.text
+    assert caplog.text.count("dropped (stale_stamp)") == 1  # logged once, then counted
+
+
+def test_new_timeline_arriving_before_the_clock_jump_is_kept():
+    """Live, a looping player's first camera_info (and image) can arrive before its /clock goes back: they are
+    held as possibly stale, and handed over again once the clock jumps back."""
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(6)))
+    restart = stamps(3, T0 - 50.0)
+    clock_before_jump = T0 + 0.56
+    early = [("info", clock_before_jump, info_msg(restart[0])), ("image", clock_before_jump, image_msg(restart[0]))]
+    feed(logic, early)
+    assert logic.dropped == {} and len(pipeline.frames) == 6  # held, not dropped yet
+    feed(logic, camera_stream(restart)[1:])  # the rest of the new timeline, with the clock gone back
+    logic.finish()
+    assert logic.time_jumps == 1 and logic.dropped == {"stale_stamp": 2}  # frame 0 sent again: image and info
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(6) + restart)
+    assert logic.received["image"] == 10 and logic.received["camera_info"] == 10
+
+
+def test_held_stale_messages_are_dropped_once_the_clock_moves_on():
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(6)))
+    old = T0 - 5.0
+    feed(logic, [("info", T0 + 0.56, info_msg(old)), ("image", T0 + 0.57, image_msg(old))])
+    assert logic.dropped == {}
+    feed(logic, [(kind, t + 0.02, msg) for kind, t, msg in camera_stream(stamps(15, T0 + 0.6))])
+    assert logic.dropped == {"stale_stamp": 2} and logic.time_jumps == 0  # 1.5 s of clock later
+    assert len(pipeline.frames) == 21
+
+
+def test_duplicate_image_waiting_in_the_queue_is_stale():
+    logic, pipeline, _ = make_logic()
+    t = T0 + 0.2
+    feed(logic, [("image", t, image_msg(t)), ("info", t, info_msg(t)),
+                 ("image", t + 0.01, image_msg(t)), ("info", t + 0.01, info_msg(t))])
+    assert logic.queue_length == 1 and logic.dropped == {"stale_stamp": 2}
+    feed(logic, [("tf_static", t, static_tf()), ("tf", t + 0.05, odom_tf(t)), ("tf", t + 0.06, odom_tf(t + 0.05))])
+    assert len(pipeline.frames) == 1
+
+
 def test_out_of_order_image_after_processing_is_dropped():
     logic, pipeline, _ = make_logic()
     feed(logic, camera_stream(stamps(3)))
     late = T0 + 0.05
     feed(logic, [("image", late, image_msg(late)), ("info", late, info_msg(late))])
-    assert logic.dropped == {"time_backwards": 1} and len(pipeline.frames) == 3
+    assert logic.dropped == {"stale_stamp": 2} and len(pipeline.frames) == 3  # the image and its camera_info
 
 
 def test_mesh_after_each_fragment_and_at_finish():

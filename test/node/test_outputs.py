@@ -12,6 +12,7 @@ from neuralrecon_ros.core.geometry import make_transform, rotation_about_axis
 from neuralrecon_ros.core.synthetic import make_sequence
 from neuralrecon_ros.core.types import CameraIntrinsics, Frame
 from neuralrecon_ros.io import messages as m
+from neuralrecon_ros.io.interfaces import register_custom_types
 from neuralrecon_ros.node.outputs import (
     MAP_OUTPUT_KEYS,
     OUTPUTS,
@@ -25,6 +26,7 @@ from neuralrecon_ros.node.parameters import NodeParameters, parameter_infos
 from neuralrecon_ros.node.pipeline_factory import build_pipeline
 
 TYPES = m.rosbags_types(get_typestore(Stores.ROS2_HUMBLE))
+register_custom_types(TYPES.typestore)  # the package's own messages (~/tsdf_layer)
 
 
 class Recorder:

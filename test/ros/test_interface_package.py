@@ -31,7 +31,14 @@ def test_cmake_generates_exactly_the_definition_files():
     assert re.search(r"^project\(neuralrecon_ros_interfaces\)$", cmake, re.MULTILINE)
     (arguments,) = re.findall(r"rosidl_generate_interfaces\(\$\{PROJECT_NAME\}(.*?)\)", cmake, re.DOTALL)
     listed = set(re.findall(r'"([^"]+)"', arguments))
-    assert listed == _definition_files(INTERFACES) == {"srv/SaveFile.srv"}
+    assert listed == _definition_files(INTERFACES) == {"msg/TsdfLayer.msg", "srv/SaveFile.srv"}
+    # the packages the messages use are found by CMake, passed to rosidl and declared in package.xml
+    (dependencies,) = re.findall(r"DEPENDENCIES ([^\n)]*)", arguments)
+    used = set(dependencies.split())
+    assert used == {"std_msgs", "geometry_msgs"}
+    assert all(f"find_package({name} REQUIRED)" in cmake for name in used)
+    root = ET.parse(INTERFACES / "package.xml").getroot()
+    assert {e.text for e in root.iter("depend")} == used
     # interfaces only: no Python package of its own (avoids the rosidl + ament_python target clash)
     assert "ament_python_install_package" not in cmake
 
@@ -44,8 +51,10 @@ def test_save_file_fields():
 
 def test_the_python_package_installs_the_same_files():
     """setup.py installs srv/ into share/neuralrecon_ros; that srv/ is a link to the interface package's."""
-    link = REPO / "srv"
-    assert link.is_symlink() and link.resolve() == (INTERFACES / "srv").resolve()
+    for kind in ("msg", "srv"):
+        link = REPO / kind
+        assert link.is_symlink() and link.resolve() == (INTERFACES / kind).resolve()
     # a .msg added to the interface package needs the same link for msg/
     assert _definition_files(REPO) == _definition_files(INTERFACES)
     assert 'glob("srv/*.srv")' in (REPO / "setup.py").read_text()
+    assert 'glob("msg/*.msg")' in (REPO / "setup.py").read_text()

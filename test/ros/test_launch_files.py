@@ -152,6 +152,18 @@ def test_node_is_the_installed_console_script_under_the_parameter_file_name():
     assert _calls(_keyword(rviz, "condition"), "IfCondition")
 
 
+def test_replay_arguments_shared_with_the_node_launch_keep_its_defaults():
+    """An included launch file sees the includer's launch configurations, so an argument declared in both
+    gets the replay's default in the node launch too: an empty ``config`` there reached the node as the
+    parameter file path "" (``Parameter file path is not a file: .``)."""
+    node, replay = _arguments(NODE_LAUNCH), _arguments(REPLAY_LAUNCH)
+    deliberately_different = {"rviz"}  # RViz on by default when replaying
+    for name in set(node) & set(replay) - deliberately_different:
+        assert replay[name]["default"] == node[name]["default"], f"replay_bag.launch.py: default of '{name}'"
+        assert replay[name]["choices"] == node[name]["choices"], f"replay_bag.launch.py: choices of '{name}'"
+    assert replay["config"]["default"] == ("join", ["config", "neuralrecon.yaml"])
+
+
 def test_replay_runs_the_bag_on_its_clock_into_the_node_launch():
     arguments = _arguments(REPLAY_LAUNCH)
     assert arguments["bag"]["default"] is None  # required

@@ -22,6 +22,8 @@ ROSDEP_KEYS = {
     "yaml": "python3-yaml",
     "tqdm": "python3-tqdm",
     "PIL": "python3-pil",
+    "matplotlib": "python3-matplotlib",
+    "mpl_toolkits": "python3-matplotlib",
     "rosbags": "python3-rosbags-pip",
     "rclpy": "rclpy",
     "rcl_interfaces": "rcl_interfaces",
@@ -36,6 +38,7 @@ ROSDEP_KEYS = {
 OPTIONAL = {
     "torchsparse": "alternative sparse-conv backend, used only when importable",
     "mcap": "only the recovery reader for MCAP files without a footer; the 'test' extra installs it",
+    "foxglove": "only the offline replay's live view (pip installs foxglove-sdk; a ROS install has foxglove_bridge)",
 }
 #: command words of ROS executables the launch files start -> package providing them
 EXECUTABLES = {("rviz2",): "rviz2", ("ros2", "bag"): "ros2bag"}

@@ -10,9 +10,9 @@ from ..config import param
 @dataclass
 class MapConfig:
     voxel_size: float = param(0.04, "Edge length of a TSDF voxel (upstream NeuralRecon: 0.04).",
-                              minimum=0.005, maximum=1.0, unit="m", read_only=True)
+                              minimum=0.005, maximum=1.0, unit="m")
     block_size: int = param(8, "Voxels per side of a map block (blocks are allocated sparsely).",
-                            minimum=2, maximum=32, read_only=True)
+                            minimum=2, maximum=32)
     truncation_distance_vox: float = param(
         3.0, "TSDF truncation distance in voxels (upstream: 3 voxels).", minimum=1.0, maximum=20.0)
 

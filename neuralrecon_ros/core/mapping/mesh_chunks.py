@@ -45,7 +45,7 @@ class MeshChunkError(ValueError):
 class MeshChunkConfig:
     mesh_chunk_size_blocks: int = param(
         4, "Blocks per side of a mesh chunk, the unit of incremental mesh output (one TRIANGLE_LIST "
-        "marker per chunk; only changed chunks are re-sent).", minimum=1, maximum=64, read_only=True)
+        "marker per chunk; only changed chunks are re-sent).", minimum=1, maximum=64)
 
 
 @dataclass(frozen=True)

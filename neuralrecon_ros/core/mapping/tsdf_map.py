@@ -13,10 +13,12 @@ capacity):
 - ``_color`` uint8 (capacity, B, B, B, 3) RGB, allocated the first time colour is integrated.
 
 Block lookup is a sorted key table (``_sorted_keys`` + matching ``_sorted_slots``) searched with
-``torch.searchsorted``: one vectorised call for any number of queries, identical on CPU and CUDA, and
-allocation of new blocks is a bulk append plus one re-sort. We chose it over a torch linear-probing hash
-because it has no load-factor tuning or collision loops and its cost (O(log M) per query, an
-O(M log M) sort only when blocks are added) is small next to the per-voxel work of integration.
+``torch.searchsorted``: one vectorised call for any number of queries, identical on CPU and CUDA. New
+blocks are appended to the storage and merged into the table (O(M) int64 moves, no re-sort); freed blocks
+are refilled with the last live blocks and their entries re-pointed, so neither integration nor removal
+copies the voxel data of the whole map. We chose this over a torch linear-probing hash because it has no
+load-factor tuning or collision loops, and its cost (O(log M) per query, O(M) on 8-byte keys per
+allocation) is small next to the per-voxel work of integration (``bench/bench_map_scale.py``).
 
 The class is not thread-safe; one owner (the pipeline) calls it.
 """
@@ -28,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..geometry import check_rigid
 from ..reconstructor import MapUpdate
@@ -35,6 +38,13 @@ from ..types import CameraIntrinsics
 from .allocation import band_blocks
 from .config import MapConfig
 from .keys import check_block_range, pack_keys, unpack_keys
+
+#: blocks fused per pass of :meth:`TSDFMap._fuse` (2^16 voxels of 8^3 blocks): the per-voxel temporaries
+#: stay in the CPU's cache and the allocator reuses them instead of page-faulting fresh memory every pass
+#: (faster than one pass over all blocks, and than smaller chunks, measured at VGA / 4 cm)
+FUSE_CHUNK_BLOCKS = 128
+#: smallest valid depth: 0 means 'no reading' even when min_depth_m is 0
+_SMALLEST_DEPTH = float(np.finfo(np.float32).tiny)
 
 
 class MapInputError(ValueError):
@@ -61,6 +71,8 @@ class TSDFMap:
         grid = torch.meshgrid(*(torch.arange(B, device=self.device),) * 3, indexing="ij")
         #: (B^3, 3) local voxel offsets in storage order (x slowest, z fastest)
         self._local = torch.stack([g.reshape(-1) for g in grid], dim=1)
+        #: (B^3,) flat voxel index inside a block, same order
+        self._voxel_index = torch.arange(B**3, device=self.device)
         self.reset()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -156,10 +168,12 @@ class TSDFMap:
             raise MapInputError(f"need 0 <= min_depth_m < max_depth_m, got {min_depth_m} and {max_depth_m}")
         if not max_weight >= 1.0:
             raise MapInputError(f"max_weight must be >= 1, got {max_weight}")
-        valid = (depth_t >= min_depth_m) & (depth_t <= max_depth_m)  # NaN compares False
-        depth_t = torch.where(valid, depth_t, torch.zeros((), device=self.device))
-        block_coords = band_blocks(
-            depth_t, valid, intrinsics, T, self.truncation_m, self.voxel_size * self.block_size)
+        # valid: within [min_depth_m, max_depth_m] (clamping changes the others; NaN stays NaN, which
+        # compares unequal) and not 0 (no reading) even if min_depth_m is 0; invalid pixels become -inf,
+        # which neither spans a tile of the band nor passes ``sdf >= -truncation``
+        valid = depth_t.clamp(max(min_depth_m, _SMALLEST_DEPTH), max_depth_m) == depth_t
+        depth_t = torch.where(valid, depth_t, -math.inf)
+        block_coords = band_blocks(depth_t, intrinsics, T, self.truncation_m, self.voxel_size * self.block_size)
         if len(block_coords) == 0:
             return MapUpdate(frames_integrated=1)
         check_block_range(block_coords)
@@ -168,9 +182,9 @@ class TSDFMap:
         if color_t is not None and self._color is None:
             self._color = torch.zeros((*self._tsdf.shape, 3), dtype=torch.uint8, device=self.device)
         observed = self._fuse(slots, block_coords, depth_t, color_t, intrinsics, T, float(max_weight))
-        new = slots >= first_new
-        if bool((new & ~observed).any()):  # the band's bounding boxes over-cover a little: free those blocks
-            self._truncate_new_blocks(first_new, torch.sort(slots[new & observed]).values)
+        unobserved_new = (slots >= first_new) & ~observed
+        if bool(unobserved_new.any()):  # the band's bounding boxes over-cover a little: free those blocks
+            self._free_slots(slots[unobserved_new])
         return MapUpdate(block_coords[observed].cpu().numpy(), frames_integrated=1)
 
     def _fuse(
@@ -183,45 +197,74 @@ class TSDFMap:
         T_map_camera: np.ndarray,
         max_weight: float,
     ) -> torch.Tensor:
-        """Projective update of every voxel of ``slots``; returns bool (K,) 'block got an observation'."""
-        B, vs, trunc = self.block_size, self.voxel_size, self.truncation_m
-        H, W = intrinsics.height, intrinsics.width
+        """Projective update of every voxel of ``slots``; returns bool (K,) 'block got an observation'.
+
+        ``depth`` is -inf at invalid pixels.
+        """
+        B, vs = self.block_size, self.voxel_size
         R = torch.as_tensor(T_map_camera[:3, :3], dtype=torch.float64, device=self.device)
         t = torch.as_tensor(T_map_camera[:3, 3], dtype=torch.float64, device=self.device)
         # camera coordinates R^T (p - t) as block origin (float64: far from the origin) + local offset,
-        # which also avoids a (K*B^3, 3) matmul
-        origin_cam = ((block_coords.to(torch.float64) * (B * vs) - t) @ R).to(torch.float32)
-        local_cam = ((self._local.to(torch.float64) * vs) @ R).to(torch.float32)
-        p = origin_cam[:, None, :] + local_cam[None, :, :]  # (K, B^3, 3)
-        z = p[..., 2]
-        in_front = z > 1e-6
-        z_safe = torch.where(in_front, z, torch.ones((), device=self.device))
-        u = torch.floor(p[..., 0] / z_safe * intrinsics.fx + (intrinsics.cx + 0.5)).clamp_(-1, W)
-        v = torch.floor(p[..., 1] / z_safe * intrinsics.fy + (intrinsics.cy + 0.5)).clamp_(-1, H)
-        inside = in_front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        pixel = (v.clamp(0, H - 1) * W + u.clamp(0, W - 1)).to(torch.int64)
-        d = depth.reshape(-1)[pixel]
-        sdf = d - z
-        update = inside & (d > 0) & (sdf >= -trunc)
-        observation = (sdf / trunc).clamp_(max=1.0)
+        # which also avoids a (K*B^3, 3) matmul; kept as (3, K, 1) and (3, 1, B^3) planes
+        origin_cam = ((block_coords.to(torch.float64) * (B * vs) - t) @ R).to(torch.float32).T[:, :, None]
+        local_cam = ((self._local.to(torch.float64) * vs) @ R).to(torch.float32).T[:, None, :].contiguous()
+        # a one-pixel -inf border: voxels projecting outside the image read it and fail the sdf test
+        depth = F.pad(depth, (1, 1, 1, 1), value=-math.inf).view(-1)
+        color = None if color is None else F.pad(color, (0, 0, 1, 1, 1, 1)).view(-1, 3)
+        # blocks whose every voxel is surely in front of the camera skip that test
+        in_front = origin_cam[2, :, 0] + float(local_cam[2].min()) > 1e-3
+        observed = torch.empty(len(slots), dtype=torch.bool, device=self.device)
+        for start in range(0, len(slots), FUSE_CHUNK_BLOCKS):
+            chunk = slice(start, start + FUSE_CHUNK_BLOCKS)
+            observed[chunk] = self._fuse_blocks(
+                slots[chunk], origin_cam[:, chunk].contiguous(), local_cam, bool(in_front[chunk].all()), depth,
+                color, intrinsics, max_weight)
+        return observed
 
-        K = len(slots)
-        weight = self._weight[slots].reshape(K, -1)
-        tsdf = self._tsdf[slots].reshape(K, -1)
+    def _fuse_blocks(
+        self,
+        slots: torch.Tensor,
+        origin_cam: torch.Tensor,
+        local_cam: torch.Tensor,
+        in_front: bool,
+        depth: torch.Tensor,
+        color: torch.Tensor | None,
+        intrinsics: CameraIntrinsics,
+        max_weight: float,
+    ) -> torch.Tensor:
+        """:meth:`_fuse` for a few blocks (camera-frame origins (3, K, 1)); ``depth`` ((H+2) * (W+2),) and
+        ``color`` ((H+2) * (W+2), 3) are the images with a one-pixel border. Per-voxel work runs on
+        cache-sized temporaries, in place where possible, and the map is read and written only at the voxels
+        that get an observation."""
+        K, trunc, B3 = len(slots), self.truncation_m, self.block_size**3
+        H, W = intrinsics.height, intrinsics.width
+        x, y, z = origin_cam + local_cam  # (K, B^3) each
+        if not in_front:  # behind the camera: z = inf projects to the principal point with sdf = -inf
+            z.masked_fill_(z <= 1e-6, math.inf)
+        u = x.div_(z).mul_(intrinsics.fx).add_(intrinsics.cx + 0.5)  # floor(u) is the nearest pixel
+        v = y.div_(z).mul_(intrinsics.fy).add_(intrinsics.cy + 0.5)
+        pixel = v.floor_().clamp_(-1, H).add_(1).mul_(W + 2).add_(u.floor_().clamp_(-1, W).add_(1))
+        pixel = pixel.to(torch.int32).view(-1)
+        sdf = depth.index_select(0, pixel).view(K, B3).sub_(z)
+        update = sdf >= -trunc
+        voxel = _flat_nonzero(update)  # flat (block, voxel) index into this chunk
+        if len(voxel) == 0:
+            return torch.zeros(K, dtype=torch.bool, device=self.device)
+        index = (slots[:, None] * B3 + self._voxel_index).view(-1).index_select(0, voxel)  # flat map index
+        observation = sdf.view(-1).index_select(0, voxel).div_(trunc).clamp_(max=1.0)
+        weight = self._weight.view(-1).index_select(0, index)
+        tsdf = self._tsdf.view(-1).index_select(0, index)
         new_weight = weight + 1.0
-        self._tsdf[slots] = torch.where(update, (tsdf * weight + observation) / new_weight, tsdf).reshape(
-            K, B, B, B)
-        new_weight = torch.where(update, new_weight.clamp_(max=max_weight), weight)
-        self._weight[slots] = new_weight.reshape(K, B, B, B)
-        if color is not None:  # only the updated voxels: typically well under half of the blocks' voxels
+        self._tsdf.view(-1).index_copy_(0, index, tsdf.mul_(weight).add_(observation).div_(new_weight))
+        self._weight.view(-1).index_copy_(0, index, new_weight.clamp_(max=max_weight))
+        if color is not None:
             assert self._color is not None
-            block, voxel = update.nonzero(as_tuple=True)
-            flat = self._color.view(-1, 3)
-            index = slots[block] * B**3 + voxel
-            w = weight[block, voxel][:, None]
-            seen = color.reshape(-1, 3)[pixel[block, voxel]].to(torch.float32)
-            flat[index] = ((flat[index].to(torch.float32) * w + seen) / (w + 1.0)).round_().to(torch.uint8)
-        return update.any(dim=1)
+            colors = self._color.view(-1, 3)
+            seen = color.index_select(0, pixel.index_select(0, voxel)).to(torch.float32)
+            w = weight[:, None].expand(-1, 3).contiguous()  # faster than broadcasting it twice
+            old = colors.index_select(0, index).to(torch.float32)
+            colors.index_copy_(0, index, old.mul_(w).add_(seen).div_(w.add_(1.0)).round_().to(torch.uint8))
+        return update.view(torch.uint8).amax(dim=1).bool()
 
     # ------------------------------------------------------------------ direct voxel access
 
@@ -251,6 +294,52 @@ class TSDFMap:
         self._tsdf.view(-1)[index] = tsdf_t.clamp(-1.0, 1.0)
         self._weight.view(-1)[index] = weight_t
         return MapUpdate(unpack_keys(keys).cpu().numpy())
+
+    @torch.no_grad()
+    def set_blocks(
+        self,
+        block_coords: np.ndarray | torch.Tensor,
+        tsdf: np.ndarray | torch.Tensor,
+        weight: np.ndarray | torch.Tensor,
+        color: np.ndarray | torch.Tensor | None = None,
+    ) -> MapUpdate:
+        """Overwrite whole blocks (allocating them): ``tsdf`` and ``weight`` (K, B, B, B) in [-1, 1] and >= 0,
+        ``color`` uint8 (K, B, B, B, 3) or None.
+
+        Colour given to a map without colour allocates it (other blocks black, as integration does); blocks
+        written without colour into a map with colour become black. Block coordinates must be unique.
+        """
+        coords = self._as_coords(block_coords, "block_coords")
+        K, B = len(coords), self.block_size
+        tsdf_t = torch.as_tensor(tsdf).to(device=self.device, dtype=torch.float32)
+        weight_t = torch.as_tensor(weight).to(device=self.device, dtype=torch.float32)
+        for name, value in (("tsdf", tsdf_t), ("weight", weight_t)):
+            if tuple(value.shape) != (K, B, B, B):
+                raise MapInputError(f"{name} has shape {tuple(value.shape)}, expected {(K, B, B, B)}")
+            if not bool(torch.isfinite(value).all()):
+                raise MapInputError(f"{name} contains NaN or infinite values")
+        if bool((tsdf_t.abs() > 1).any()) or bool((weight_t < 0).any()):
+            raise MapInputError("tsdf must lie in [-1, 1] and weight must be >= 0")
+        color_t = None
+        if color is not None:
+            color_t = torch.as_tensor(color).to(self.device)
+            if tuple(color_t.shape) != (K, B, B, B, 3) or color_t.dtype != torch.uint8:
+                raise MapInputError(f"color must be uint8 of shape {(K, B, B, B, 3)}, got {color_t.dtype} "
+                                    f"{tuple(color_t.shape)}")
+        if K == 0:
+            return MapUpdate()
+        check_block_range(coords)
+        keys = pack_keys(coords)
+        if len(torch.unique(keys)) != K:
+            raise MapInputError("block_coords lists a block more than once")
+        if color_t is not None and self._color is None:
+            self._color = torch.zeros((*self._tsdf.shape, 3), dtype=torch.uint8, device=self.device)
+        slots = self._allocate_keys(keys)
+        self._tsdf[slots] = tsdf_t
+        self._weight[slots] = weight_t
+        if self._color is not None:
+            self._color[slots] = 0 if color_t is None else color_t
+        return MapUpdate(coords.cpu().numpy())
 
     @torch.no_grad()
     def get_voxels(
@@ -330,9 +419,7 @@ class TSDFMap:
         if len(slots) == 0:
             return MapUpdate()
         removed = unpack_keys(self._keys[slots])
-        keep = torch.ones(self._num, dtype=torch.bool, device=self.device)
-        keep[slots] = False
-        self._compact(keep.nonzero().squeeze(1))
+        self._free_slots(slots)
         return MapUpdate(removed.cpu().numpy())
 
     @torch.no_grad()
@@ -341,26 +428,25 @@ class TSDFMap:
         empty = (self._weight[: self._num].reshape(self._num, self.block_size**3) <= 0).all(dim=1)
         return self.remove_blocks(self.block_coords_tensor()[empty])
 
-    def _truncate_new_blocks(self, first_new: int, keep_slots: torch.Tensor) -> None:
-        """Keep only ``keep_slots`` (ascending, all >= ``first_new``) of the blocks allocated last."""
-        kept = torch.cat([torch.arange(first_new, device=self.device), keep_slots])
-        self._compact(kept, copy_from=first_new)
-
-    def _compact(self, keep_slots: torch.Tensor, copy_from: int = 0) -> None:
-        """Keep only ``keep_slots`` (ascending), packed into slots 0..len-1.
-
-        Slots below ``copy_from`` must be kept in place (``keep_slots[:copy_from]`` = 0..copy_from-1);
-        only the rest is moved.
-        """
-        n = len(keep_slots)
-        moved = keep_slots[copy_from:]
-        self._keys[copy_from:n] = self._keys[moved]
-        self._tsdf[copy_from:n] = self._tsdf[moved]
-        self._weight[copy_from:n] = self._weight[moved]
-        if self._color is not None:
-            self._color[copy_from:n] = self._color[moved]
-        self._num = n
-        self._rebuild_index()
+    def _free_slots(self, slots: torch.Tensor) -> None:
+        """Free the live ``slots`` (unique). The last live blocks move into the holes, so a removal copies at
+        most as many blocks as it frees (not the whole map), and the index is re-pointed, not re-sorted."""
+        old_num, dev = self._num, self.device
+        num = old_num - len(slots)
+        freed = torch.zeros(old_num, dtype=torch.bool, device=dev)
+        freed[slots] = True
+        holes = freed[:num].nonzero().squeeze(1)
+        movers = (~freed[num:]).nonzero().squeeze(1) + num  # live blocks past the new end, one per hole
+        for storage in (self._keys, self._tsdf, self._weight, self._color):
+            if storage is not None:
+                storage[holes] = storage[movers]
+        new_slot = torch.arange(old_num, device=dev)
+        new_slot[movers] = holes
+        new_slot[slots] = -1
+        remapped = new_slot[self._sorted_slots]
+        kept = remapped >= 0
+        self._sorted_keys, self._sorted_slots = self._sorted_keys[kept], remapped[kept]
+        self._num = num
 
     # ------------------------------------------------------------------ raw state
 
@@ -461,10 +547,7 @@ class TSDFMap:
             self._color[start:start + n] = 0
         self._num = start + n
         slots[missing] = new_slots
-        merged = torch.cat([self._sorted_keys, new_keys])
-        order = torch.argsort(merged)
-        self._sorted_keys = merged[order]
-        self._sorted_slots = torch.cat([self._sorted_slots, new_slots])[order]
+        self._index_insert(new_keys, new_slots)
         return slots
 
     def _reserve(self, needed: int) -> None:
@@ -484,6 +567,22 @@ class TSDFMap:
         self._weight = grow(self._weight, 0.0)
         if self._color is not None:
             self._color = grow(self._color, 0)
+
+    def _index_insert(self, keys: torch.Tensor, slots: torch.Tensor) -> None:
+        """Add ``keys`` (absent from the index) at ``slots``: a merge into the sorted table, O(M + n log n)
+        instead of re-sorting all M keys."""
+        order = torch.argsort(keys)
+        keys, slots = keys[order], slots[order]
+        total = len(self._sorted_keys) + len(keys)
+        # each new key lands after the old keys below it and after the new keys before it
+        position = torch.searchsorted(self._sorted_keys, keys) + torch.arange(len(keys), device=self.device)
+        old = torch.ones(total, dtype=torch.bool, device=self.device)
+        old[position] = False
+        merged_keys = torch.empty(total, dtype=torch.int64, device=self.device)
+        merged_slots = torch.empty(total, dtype=torch.int64, device=self.device)
+        merged_keys[position], merged_slots[position] = keys, slots
+        merged_keys[old], merged_slots[old] = self._sorted_keys, self._sorted_slots
+        self._sorted_keys, self._sorted_slots = merged_keys, merged_slots
 
     def _rebuild_index(self) -> None:
         keys = self._keys[: self._num]
@@ -529,3 +628,11 @@ class TSDFMap:
                 f"colour image must be uint8 of shape {(*shape, 3)} (RGB, same size as the depth image), "
                 f"got {color_t.dtype} {tuple(color_t.shape)}")
         return color_t
+
+
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """int64 indices of the True entries of ``mask`` (flattened), ascending. On the CPU numpy's
+    ``flatnonzero`` does this several times faster than ``torch.nonzero``."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.view(-1).nonzero().squeeze(1)

@@ -2,7 +2,8 @@
 
 Upstream saves ``torch.save({'epoch': int, 'model': state_dict, 'optimizer': optimizer_state})`` from
 a DataParallel wrapper, so every model key starts with ``module.``. Files are read with
-``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary unpickling.
+``torch.load(weights_only=True)``: tensors and plain containers only, no arbitrary unpickling; a zip-format
+file's member names and declared sizes are checked first (:mod:`..archives`: no decompression bombs).
 Every failure becomes a :class:`CheckpointError` whose message names the file and the problem.
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ..archives import ArchiveError, check_archive
 
 #: key prefix of upstream checkpoints (DataParallel)
 PREFIX = "module."
@@ -49,6 +52,14 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], i
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                check_archive(archive, f"checkpoint {str(path)!r}")
+    except ArchiveError as exc:
+        raise CheckpointError(str(exc)) from None
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (corrupt zip): {exc}") from None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

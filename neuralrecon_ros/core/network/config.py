@@ -22,32 +22,27 @@ class NeuralReconConfig:
         "",
         "Path of the upstream NeuralRecon checkpoint (model_000047.ckpt, downloaded from "
         f"{CHECKPOINT_DOWNLOAD_URL}); '' = none, which mode 'neuralrecon' refuses with instructions.",
-        read_only=True,
     )
     sparse_backend: str = param(
         "auto",
         "Sparse convolution backend: 'torch' (built-in, pure PyTorch), 'torchsparse' (needs torchsparse "
         "1.4 installed) or 'auto' (torchsparse when importable, else torch).",
         choices=("auto", "torch", "torchsparse"),
-        read_only=True,
     )
     half_precision: bool = param(
         False,
         "Run the 2D backbone under float16 autocast (CUDA only; ignored on CPU). Faster, not bit-faithful.",
-        read_only=True,
     )
     gru_reset_gate_quirk: bool = param(
         True,
         "Reproduce upstream's reset-gate quirk in the GRU fusion (the released checkpoint was trained "
         "with it); false uses a textbook ConvGRU reset gate.",
-        read_only=True,
     )
     global_frame_up_axis: str = param(
         "z",
         "Axis of global_frame that points up: 'z' (REP-103/105 odom and map frames), 'y' (ARKit, Unity, "
         "OpenGL worlds) or '-y' (a camera optical frame used as world, e.g. many visual SLAM systems).",
         choices=UP_AXES,
-        read_only=True,
     )
     floor_height_m: float = param(
         0.0,
@@ -57,5 +52,4 @@ class NeuralReconConfig:
         minimum=-100.0,
         maximum=100.0,
         unit="m",
-        read_only=True,
     )

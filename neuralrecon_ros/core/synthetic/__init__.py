@@ -5,9 +5,18 @@ Typical use::
     seq = make_sequence(seed=0, n_frames=300)        # scene + trajectory, frames rendered lazily
     for frame in seq: ...                            # core.types.Frame with image, depth, pose
     mesh = seq.scene.gt_mesh(max_edge_m=0.02)        # exact ground-truth mesh
+    seq, plan, rooms = make_tour_sequence(seed=0, n_frames=10_000)  # a robot touring a multi-room world
     distance = seq.scene.sdf(points)                 # exact signed distance, positive in free space
 """
 
+from .floor_plan import (
+    FloorPlan,
+    FloorPlanConfig,
+    FloorPlanError,
+    generate_floor_plan,
+    generate_room_tour,
+    make_tour_sequence,
+)
 from .primitives import Box, Cylinder, Room
 from .raycast import MISS, RenderError, cast_rays, render
 from .scene import Scene, SceneConfig, SceneError, generate_scene
@@ -30,6 +39,9 @@ __all__ = [
     "Box",
     "CameraMount",
     "Cylinder",
+    "FloorPlan",
+    "FloorPlanConfig",
+    "FloorPlanError",
     "Material",
     "RenderError",
     "Room",
@@ -42,9 +54,12 @@ __all__ = [
     "body_rotation",
     "cast_rays",
     "default_intrinsics",
+    "generate_floor_plan",
+    "generate_room_tour",
     "generate_scene",
     "generate_trajectory",
     "make_sequence",
+    "make_tour_sequence",
     "observed_mesh",
     "observed_vertices",
     "render",

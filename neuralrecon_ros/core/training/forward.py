@@ -92,3 +92,34 @@ def training_pass(
         coords = coords[index]
         feats = torch.cat([feats[index], tsdf[index, None], occ[index, None]], dim=1)
     return PassResult(weighted_total(levels, level_weights), levels, survivors)
+
+
+class TrainingPassModule(torch.nn.Module):
+    """:func:`training_pass` as a module's forward, so DistributedDataParallel can wrap it (DDP averages
+    the gradients of whatever its wrapped forward used); returns ``(loss, PassResult)``."""
+
+    def __init__(self, model: NeuralRecon) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        geometry: FragmentGeometry,
+        targets: FragmentTargets,
+        fusion: bool,
+        num_samples: Sequence[int],
+        pos_weight: float,
+        level_weights: Sequence[float],
+        generator: torch.Generator | None,
+        half_precision: bool,
+    ) -> tuple[torch.Tensor, PassResult]:
+        result = training_pass(
+            self.model, images, geometry, targets, fusion, num_samples, pos_weight, level_weights, generator,
+            half_precision,
+        )
+        loss = result.loss
+        if not loss.requires_grad:
+            # nothing was predicted; a zero loss tied to the weights keeps every rank's backward in step
+            loss = sum(p.sum() for p in self.model.parameters()) * 0.0
+        return loss, result

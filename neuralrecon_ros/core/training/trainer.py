@@ -11,8 +11,10 @@ Files in ``output_dir``:
 
 * ``model_<epoch:06d>.ckpt``: after each epoch, upstream's format ``{'epoch', 'model' ('module.' keys),
   'optimizer'}`` (loadable by upstream's ``main.py`` and by ``--checkpoint``);
-* ``last.ckpt`` + ``last.json``: every ``checkpoint_every_steps`` steps and when stopping; ``last.json``
-  says where in the epoch the run is, so ``resume`` continues from there;
+* ``last.ckpt`` + ``last.json``: every ``checkpoint_every_steps`` steps and when stopping. ``last.ckpt`` is
+  upstream's format plus a ``resume`` entry (where in the epoch the run is, the GRU state carried into the
+  next fragment, the loss scaler), written atomically in one file, so ``resume`` continues exactly from
+  there; ``last.json`` mirrors the position for people;
 * ``metrics.jsonl``: one JSON object per line: ``{"type": "train", epoch, step, phase, lr, loss,
   loss_level<i>, occ_loss_level<i>, tsdf_loss_level<i>, ...}`` per step and ``{"type": "val", epoch,
   fscore, ..., scenes: [...]}`` per validation (F-score at 5 cm of the network's mesh on held-out
@@ -27,6 +29,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,14 +45,15 @@ from ..mapping.config import MeshingConfig
 from ..mapping.meshing import extract_mesh
 from ..mapping.tsdf_map import TSDFMap
 from ..metrics import evaluate_meshes
-from ..network.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..network.checkpoint import PREFIX, CheckpointError, load_checkpoint, save_checkpoint
 from ..network.model import NeuralRecon
 from ..network.reconstructor import NeuralReconReconstructor
 from ..reconstructor import resolve_device
 from ..types import Fragment
 from .augment import AugmentConfig, random_transform
 from .datasets import PreparedScene, depth_fusion_mesh, make_sample
-from .forward import training_pass
+from .distributed import DistributedContext
+from .forward import TrainingPassModule
 
 log = logging.getLogger("neuralrecon_ros")
 
@@ -109,6 +113,15 @@ class TrainingConfig:
     init_checkpoint: str = param(
         "", "Fine-tune: start from these weights (upstream model_000047.ckpt or ours)."
     )
+    init_backbone: str = param(
+        "",
+        "Start the 2D backbone from ImageNet: 'imagenet_lite0' maps EfficientNet-Lite0's weights into MnasNet's "
+        "layout (needs the 'train' extra); '' = random. Not with init_checkpoint.",
+        choices=("", "imagenet_lite0"),
+    )
+    init_backbone_calibration_images: int = param(
+        16, "Training frames (one per scene, round robin) that rank channels and recalibrate BatchNorm.", minimum=1
+    )
     checkpoint_every_steps: int = param(25, "Write last.ckpt every this many steps.", minimum=1)
     validate_every_epochs: int = param(1, "Validate every this many epochs (0 = only at the end).", minimum=0)
     bn_recalibration_fragments: int = param(
@@ -166,6 +179,11 @@ def training_config_from_mapping(values: Mapping[str, Any]) -> TrainingConfig:
         raise ParameterError(
             f"training option 'train_num_samples': expected positive integers, got {config.train_num_samples}"
         )
+    if config.init_checkpoint and config.init_backbone:
+        raise ParameterError(
+            "training options 'init_checkpoint' and 'init_backbone' exclude each other: the checkpoint "
+            "replaces every weight, the backbone start included"
+        )
     return config
 
 
@@ -186,21 +204,39 @@ class Trainer:
         progress: bool = True,
         model: NeuralRecon | None = None,
         write_text: Callable[[Path, str], None] | None = None,
+        distributed: DistributedContext | None = None,
     ) -> None:
         """``write_text(path, text)`` writes the small state files; pass an atomic writer (the CLI passes
-        ``io.atomic.atomic_write_text``; the core cannot import io). Default: ``Path.write_text``."""
+        ``io.atomic.atomic_write_text``; the core cannot import io). Default: ``Path.write_text``.
+        ``distributed``: this process's place in a torchrun launch (the process group must be initialised,
+        :func:`.distributed.init_distributed`); None = one process."""
         if not train_scenes:
             raise ParameterError("no training scene: set synthetic_train_scenes, scannet_train or bag_train")
         self.config = config
+        self.dist = distributed or DistributedContext()
+        if self.dist.world_size > len(train_scenes):
+            raise ParameterError(
+                f"{self.dist.world_size} training processes but only {len(train_scenes)} training scenes: "
+                "each process needs at least one scene"
+            )
         self.train_scenes = list(train_scenes)
         self.val_scenes = list(val_scenes)
         self.output_dir = Path(output_dir)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.progress = progress
-        self.device = torch.device(resolve_device(config.device))
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device(resolve_device(config.device))
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         self.model = (model or NeuralRecon()).to(self.device).train()
+        self._pass: nn.Module = TrainingPassModule(self.model)
+        if self.dist.enabled:
+            # find_unused_parameters: phase 1 skips the GRU fusion, a level without survivors skips the next
+            self._pass = nn.parallel.DistributedDataParallel(
+                self._pass,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=config.learning_rate,
@@ -213,6 +249,8 @@ class Trainer:
         self.step_in_epoch = 0  # fragments of this epoch already trained
         self.global_step = 0
         self.train_time_s = 0.0
+        self.previous_scene: int | None = None  # scene of the last step (phase 2 carries its GRU state)
+        self.pending_validation = False  # an epoch ended but its validation has not been logged yet
         self._depth_scores: dict[str, dict[str, float | int]] = {}
         self._write_text = write_text or (lambda path, text: path.write_text(text))
 
@@ -223,28 +261,79 @@ class Trainer:
         info = load_checkpoint(self.model, path)
         log.info("fine-tuning from %s (epoch %s)", info.path, info.epoch)
 
+    def initialise_weights(self) -> None:
+        """A fresh run's start: ``init_checkpoint`` (fine-tuning), ``init_backbone`` (ImageNet) or random.
+
+        Every rank computes the same start (DDP also broadcasts rank 0's weights when it wraps the model)."""
+        if self.config.init_checkpoint:
+            self.load_initial_weights(self.config.init_checkpoint)
+        elif self.config.init_backbone:
+            from .imagenet_init import init_backbone_from_lite0
+
+            report = init_backbone_from_lite0(self.model, self.calibration_images())
+            log.info(
+                "2D backbone from ImageNet (%s; BatchNorm recalibrated on %d training frames)",
+                self.config.init_backbone, report.calibration_images,
+            )
+            if self.dist.enabled:
+                self.dist.sync_buffers(self.model)
+                for parameter in self.model.parameters():
+                    torch.distributed.broadcast(parameter.data, 0)
+
+    def calibration_images(self) -> torch.Tensor:
+        """``init_backbone_calibration_images`` training frames (V, 3, 480, 640) RGB 0..255: the middle
+        keyframe of fragment ``k // n_scenes`` of scene ``k % n_scenes``, round robin over the scenes."""
+        from ..network.reconstructor import prepare_images
+
+        frames = []
+        for k in range(self.config.init_backbone_calibration_images):
+            scene = self.train_scenes[k % len(self.train_scenes)]
+            fragment = scene.fragments[(k // len(self.train_scenes)) % len(scene.fragments)]
+            frames.append(fragment[len(fragment) // 2])
+        return prepare_images(frames)[0]
+
     def save(self, path: Path, completed_epoch: int) -> None:
-        save_checkpoint(self.model, path, completed_epoch, self.optimizer.state_dict())
+        if self.dist.is_main:
+            save_checkpoint(self.model, path, completed_epoch, self.optimizer.state_dict())
 
     def resume(self) -> bool:
-        """Continue from ``last.json``/``last.ckpt`` or the newest ``model_*.ckpt``; False if none exists."""
-        state_path = self.output_dir / LAST_STATE
-        if state_path.is_file():
-            state = json.loads(state_path.read_text())
-            self._load_full(self.output_dir / LAST_CHECKPOINT)
+        """Continue from ``last.ckpt`` or the newest ``model_*.ckpt``; False if none exists.
+
+        From ``last.ckpt`` the run continues exactly: weights, optimizer moments, position in the epoch
+        (whose scene order, augmentation and voxel sampling derive from ``seed``), the GRU state carried into
+        the next fragment and the loss scaler; ``metrics.jsonl`` lines written after it are dropped."""
+        last = self.output_dir / LAST_CHECKPOINT
+        if last.is_file():
+            content = self._load_full(last)
+            state = content.get("resume")
+            if state is None:  # written before the resume entry existed: the position is in last.json
+                state = json.loads((self.output_dir / LAST_STATE).read_text())
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
             self.global_step, self.train_time_s = int(state["global_step"]), float(state["train_time_s"])
+            previous = int(state.get("previous_scene", -1))
+            recurrent = content.get("recurrent_state")
+            ranks = content.get("ranks") or []
+            if self.dist.enabled and len(ranks) == self.dist.world_size:  # this rank's own scene and GRU state
+                previous, recurrent = int(ranks[self.dist.rank]["previous_scene"]), ranks[self.dist.rank]["state"]
+            self.previous_scene = previous if previous >= 0 else None
+            self.pending_validation = bool(state.get("pending_validation", False))
+            if recurrent:
+                self.model.load_recurrent_state(recurrent)
+            if content.get("scaler"):
+                self.scaler.load_state_dict(content["scaler"])
         else:
-            epochs = sorted(self.output_dir.glob("model_*.ckpt"))
+            epochs = sorted(self.output_dir.glob("model_[0-9]*[0-9].ckpt"))
             if not epochs:
                 return False
-            completed = self._load_full(epochs[-1])
+            completed = int(self._load_full(epochs[-1]).get("epoch", 0))
             self.epoch, self.step_in_epoch = completed + 1, 0
+        if self.dist.is_main:
+            self._drop_metrics_after(self.global_step)
         log.info("resuming at epoch %d, step %d of the epoch", self.epoch, self.step_in_epoch)
         return True
 
-    def _load_full(self, path: Path) -> int:
-        info = load_checkpoint(self.model, path)
+    def _load_full(self, path: Path) -> dict[str, Any]:
+        load_checkpoint(self.model, path)
         content = torch.load(path, map_location="cpu", weights_only=True)
         if content.get("optimizer"):
             try:
@@ -253,33 +342,78 @@ class Trainer:
                 raise CheckpointError(
                     f"checkpoint {str(path)!r}: optimizer state does not fit: {exc}"
                 ) from None
-        return int(info.epoch or 0)
+        return content
+
+    def _drop_metrics_after(self, step: int) -> None:
+        """Forget metrics of steps after ``step`` (and validations run after it): they will be redone."""
+        path = self.output_dir / METRICS_LOG
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("step", 0) > step or (record.get("type") == "val" and self.pending_validation
+                                                and record.get("step", 0) == step):
+                continue
+            kept.append(line)
+        self._write_text(path, "".join(line + "\n" for line in kept))
 
     def _save_last(self) -> None:
-        self.save(self.output_dir / LAST_CHECKPOINT, self.epoch - 1)
+        """``last.ckpt`` with everything an exact resume needs, in one atomic file (rank 0 writes it)."""
+        self.dist.sync_buffers(self.model)
+        ranks = self.dist.gather_objects({
+            "previous_scene": -1 if self.previous_scene is None else self.previous_scene,
+            "state": self.model.recurrent_state(),
+        })  # each rank carries its own scene's GRU state
+        if not self.dist.is_main:
+            return
         state = {
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "train_time_s": self.train_time_s,
+            "previous_scene": -1 if self.previous_scene is None else self.previous_scene,
+            "pending_validation": self.pending_validation,
         }
+        content = {
+            "epoch": self.epoch - 1,
+            "model": {PREFIX + k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "resume": state,
+            "recurrent_state": self.model.recurrent_state(),
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "ranks": ranks if self.dist.enabled else [],
+        }
+        _atomic_torch_save(content, self.output_dir / LAST_CHECKPOINT)
         self._write_text(self.output_dir / LAST_STATE, json.dumps(state) + "\n")
 
     # ------------------------------------------------------------------ loop
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.output_dir / METRICS_LOG, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.dist.is_main:
+            with open(self.output_dir / METRICS_LOG, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
-    def epoch_plan(self, epoch: int) -> list[tuple[int, int, np.ndarray]]:
-        """(scene index, fragment index, T_aug) of every step of ``epoch``, deterministic in (seed, epoch)."""
+    def epoch_plan(self, epoch: int, rank: int = 0, world_size: int = 1) -> list[tuple[int, int, np.ndarray]]:
+        """(scene index, fragment index, T_aug) of every step of ``epoch`` for process ``rank`` of
+        ``world_size``, deterministic in (seed, epoch).
+
+        The epoch's scene order is shuffled; process r takes scenes r, r + world_size, ... of it (whole
+        scenes, fragments in recording order) and every process stops after as many steps as the shortest
+        share has, so all take the same number of steps. One process takes every scene."""
         rng = np.random.default_rng([self.config.seed, epoch])
         augment = self.config.augment()
-        plan = []
-        for s in rng.permutation(len(self.train_scenes)):
+        shares: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(world_size)]
+        for position, s in enumerate(rng.permutation(len(self.train_scenes))):
             T_aug = random_transform(rng, augment)
-            plan.extend((int(s), f, T_aug) for f in range(len(self.train_scenes[s].fragments)))
-        return plan
+            shares[position % world_size].extend(
+                (int(s), f, T_aug) for f in range(len(self.train_scenes[s].fragments))
+            )
+        return shares[rank][: min(len(share) for share in shares)]
+
+    def step_generator(self, step: int, rank: int = 0) -> torch.Generator:
+        """The voxel-sampling generator of global step ``step`` on process ``rank``."""
+        return torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 1009 + rank)
 
     def run(self, time_limit_s: float | None = None) -> dict[str, Any]:
         """Train until the schedule ends or the time limit (then validate once more and checkpoint);
@@ -288,12 +422,14 @@ class Trainer:
 
         limit = time_limit_s if time_limit_s is not None else (self.config.max_train_time_s or math.inf)
         last_val: dict[str, Any] = {}
+        if self.pending_validation:  # interrupted while validating the last epoch
+            last_val = self._validate_all()
         while self.epoch < self.config.total_epochs:
             fusion = self.epoch >= self.config.phase1_epochs
             lr = learning_rate_at(self.config, self.epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            plan = self.epoch_plan(self.epoch)
+            plan = self.epoch_plan(self.epoch, self.dist.rank, self.dist.world_size)
             bar = tqdm(
                 total=len(plan),
                 initial=self.step_in_epoch,
@@ -302,19 +438,19 @@ class Trainer:
                 disable=not self.progress,
                 leave=False,
             )
-            previous_scene = None
             for s, f, T_aug in plan[self.step_in_epoch :]:
                 if self.train_time_s >= limit:
                     bar.close()
                     self._save_last()
                     log.info("time limit reached after %.0f s of training", self.train_time_s)
-                    return self.validate() if self.val_scenes else last_val
-                if s != previous_scene or f == 0:
+                    return self._validate_all() if self.val_scenes else last_val
+                if s != self.previous_scene or f == 0:
                     self.model.reset_state()
-                    previous_scene = s
+                    self.previous_scene = s
                 started = time.perf_counter()
                 record = self.train_step(self.train_scenes[s], f, T_aug, fusion)
-                self.train_time_s += time.perf_counter() - started
+                # rank 0's clock decides the time limit on every rank
+                self.train_time_s = self.dist.broadcast_float(self.train_time_s + time.perf_counter() - started)
                 self.step_in_epoch += 1
                 self.global_step += 1
                 self._log(
@@ -336,25 +472,35 @@ class Trainer:
                     self._save_last()
             bar.close()
             self.model.reset_state()
+            self.previous_scene = None
+            self.dist.sync_buffers(self.model)
             self.save(self.output_dir / f"model_{self.epoch:06d}.ckpt", self.epoch)
             self.epoch += 1
             self.step_in_epoch = 0
-            self._save_last()
             every = self.config.validate_every_epochs
-            if self.val_scenes and (
+            self.pending_validation = bool(self.val_scenes) and (
                 (every and self.epoch % every == 0) or self.epoch == self.config.total_epochs
-            ):
-                last_val = self.validate()
+            )
+            self._save_last()
+            if self.pending_validation:
+                last_val = self._validate_all()
+        self.dist.sync_buffers(self.model)
         return last_val
+
+    def _validate_all(self) -> dict[str, Any]:
+        """Validation on rank 0 while the other ranks wait; clears (and checkpoints) the pending flag."""
+        record = self.validate() if self.dist.is_main else {}
+        self.dist.barrier()
+        self.pending_validation = False
+        self._save_last()
+        return record
 
     def train_step(
         self, scene: PreparedScene, fragment: int, T_aug: np.ndarray | None, fusion: bool
     ) -> dict[str, Any]:
         """One optimisation step on one fragment; returns its loss record."""
         sample = make_sample(scene, fragment, T_aug, self.device)
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.global_step)
-        result = training_pass(
-            self.model,
+        loss, result = self._pass(
             sample.images,
             sample.geometry,
             sample.targets,
@@ -362,12 +508,13 @@ class Trainer:
             self.config.train_num_samples,
             self.config.pos_weight,
             self.config.level_weights,
-            generator,
-            half_precision=self.amp,
+            self.step_generator(self.global_step, self.dist.rank),
+            self.amp,
         )
         self.optimizer.zero_grad(set_to_none=True)
-        if result.loss.requires_grad:
-            self.scaler.scale(result.loss).backward()
+        if loss.requires_grad:
+            # under DDP, backward averages the gradients over the ranks: every rank then steps identically
+            self.scaler.scale(loss).backward()
             if self.config.grad_clip_norm > 0:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
@@ -413,6 +560,18 @@ class Trainer:
             **{k: metrics[k] for k in ("fscore", "prec", "recall", "acc", "comp")},
             "depth_fscore": self._depth_scores[scene.name]["fscore"],
         }
+
+
+def _atomic_torch_save(content: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename (never a half-written checkpoint)."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(content, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @torch.no_grad()

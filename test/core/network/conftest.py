@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-
-
-def parity_fixture_dir() -> Path:
-    """The upstream parity fixture folder (env ``NEURALRECON_PARITY_FIXTURES`` or ``../shared/...``)."""
-    return Path(os.environ.get("NEURALRECON_PARITY_FIXTURES", SHARED_DIR / "fixtures" / "upstream_parity"))
+from parity_fixtures import SHARED_DIR, parity_fixture_dir
 
 
 @pytest.fixture(scope="session")

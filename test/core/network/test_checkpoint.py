@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import zipfile
 
 import pytest
 import torch
 
+from neuralrecon_ros.core.archives import memory_budget_bytes
 from neuralrecon_ros.core.network.checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -105,6 +107,35 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": {"a": torch.zeros(1)}, "args": argparse.Namespace(lr=1e-3)}, path)
     with pytest.raises(CheckpointError, match="refused"):
         read_checkpoint(path)
+
+
+def _with_member(source, target, name: str, data: bytes, method: int = zipfile.ZIP_STORED):
+    """Copy a zip-format checkpoint with one more member."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            new.writestr(info, old.read(info.filename))
+        new.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return target
+
+
+def test_zip_members_climbing_out_and_decompression_bombs_are_refused(saved, tmp_path, monkeypatch):
+    _, path = saved
+    prefix = zipfile.ZipFile(path).namelist()[0].split("/")[0]
+    climbing = _with_member(path, tmp_path / "climb.ckpt", f"{prefix}/../../../tmp/evil.pkl", b"x")
+    with pytest.raises(CheckpointError, match="climb.ckpt.*points outside the archive"):
+        read_checkpoint(climbing)
+    # 64 MiB of zeros deflated into a 64 kB member, against a 16 MiB budget (half the memory, in reality)
+    bomb = _with_member(path, tmp_path / "bomb.ckpt", f"{prefix}/data/bomb", bytes(64 << 20), zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < path.stat().st_size + (1 << 20)
+    monkeypatch.setattr("neuralrecon_ros.core.archives.memory_budget_bytes", lambda: 16 << 20)
+    with pytest.raises(CheckpointError, match="bomb.ckpt.*would unpack to .* a decompression bomb"):
+        read_checkpoint(bomb)
+
+
+def test_memory_budget_is_half_the_physical_memory():
+    with open("/proc/meminfo") as meminfo:  # an independent reader of the machine's memory
+        total_kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:"))
+    assert memory_budget_bytes() == pytest.approx(total_kib * 1024 / 2, rel=0.01)
 
 
 def test_check_state_dict_lists_every_problem_kind():

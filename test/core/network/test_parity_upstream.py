@@ -1,33 +1,41 @@
 """THE parity test: our NeuralRecon against outputs of the original implementation (torchsparse 1.4).
 
-The fixture (``../shared/fixtures/upstream_parity``, or env ``NEURALRECON_PARITY_FIXTURES``) holds
-two consecutive 9-view fragments, deterministic weights (its ``weights_rule.py``) and upstream's
-outputs. Both fragments run once per module, in order, with recurrent state carried over, feeding the
-stored derived matrices; every assertion then reads the cached results. Tolerances are the fixture
-README's.
+Every upstream-parity fixture is checked (see ``conftest.parity_fixture_dirs``: the primary one, each folder
+under ``../shared/fixtures`` with the fixture layout, and env ``NEURALRECON_EXTRA_PARITY_FIXTURES``). A
+fixture holds consecutive 9-view fragments (any number), deterministic weights (its ``weights_rule.py``)
+and upstream's outputs after each fragment. The fragments of one fixture run once, in order, with the
+recurrent state carried over, feeding the stored derived matrices; every assertion reads the cached results.
+
+Tolerances: TSDF and occupancy at half the fixture README's (the target of issue 15: 2.5e-5 and 1e-3,
+where upstream's own round-off envelope is 1e-5 and 3.4e-4); the others are the README's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from parity_fixtures import SHARED_DIR, parity_fixture_dirs
 from PIL import Image
 
 from neuralrecon_ros.core.network.model import NeuralRecon
 from neuralrecon_ros.core.network.projection import FragmentGeometry
 from neuralrecon_ros.core.network.sparse import set_backend
 
-TSDF_TOL = 5e-5
-OCC_TOL = 2e-3
+TSDF_TOL = 2.5e-5
+OCC_TOL = 1e-3
 FEATURE_TOL = 5e-3
 GRU_STATS_TOL = 1e-5
 LEVELS = (0, 1, 2)
+#: where the network runs (bench/device_check.sh sets cuda); results are compared on the CPU
+DEVICE = torch.device(os.environ.get("NEURALRECON_TEST_DEVICE", "cpu"))
 
 
 def _load_weights_rule(folder: Path):
@@ -53,35 +61,70 @@ def _rows_sha256(coords: torch.Tensor, points: torch.Tensor) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(points.numpy()[order]).astype("<f4").tobytes()).digest()
 
 
-@pytest.fixture(scope="module")
-def runs(parity_dir, expected_state_dict_tsv):
-    """Run both fragments once: per fragment (our trace, result, global TSDF, GRU states, reference)."""
-    rule = _load_weights_rule(parity_dir)
-    config = json.loads((parity_dir / "weights.json").read_text())
-    state = rule.make_state_dict(str(expected_state_dict_tsv), config["seed"], config["overrides"])
-    inputs = json.loads((parity_dir / "inputs.json").read_text())
+def _cases() -> list:
+    """One case per (fixture folder, fragment index), grouped by folder."""
+    cases = []
+    for folder in parity_fixture_dirs():
+        n_fragments = len(json.loads((folder / "inputs.json").read_text())["fragments"])
+        cases += [pytest.param((folder, k), id=f"{folder.name}-fragment{k}") for k in range(n_fragments)]
+    return cases or [pytest.param(None, id="no-fixture")]
+
+
+_latest: dict[Path, list[dict]] = {}  # results of the fixture folder in use (one at a time, they are large)
+
+
+def _run_fixture(folder: Path, tsv: Path) -> list[dict]:
+    """Run every fragment of ``folder`` in order: per fragment (trace, result, global TSDF, GRU states, reference)."""
+    rule = _load_weights_rule(folder)
+    config = json.loads((folder / "weights.json").read_text())
+    state = rule.make_state_dict(str(tsv), config["seed"], config["overrides"])
+    inputs = json.loads((folder / "inputs.json").read_text())
 
     set_backend("torch")
     model = NeuralRecon().eval()
     model.load_state_dict({k.removeprefix("module."): torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    model.to(DEVICE)
     out = []
     for k, fragment in enumerate(inputs["fragments"]):
-        images = np.stack([np.asarray(Image.open(parity_dir / p), np.float32) for p in fragment["images"]])
+        images = np.stack([np.asarray(Image.open(folder / p), np.float32) for p in fragment["images"]])
         images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         trace: dict = {}
         with torch.no_grad():
-            result = model(images, _geometry(fragment), trace=trace)
-        global_coords, global_tsdf = (t.clone() for t in model.global_tsdf)
-        hidden = [store.values.clone() for store in model.neucon_net.gru_fusion.hidden]
-        reference = dict(np.load(parity_dir / f"frag{k}_outputs.npz"))
+            result = _cpu(model(images.to(DEVICE), _geometry(fragment).to(DEVICE), trace=trace))
+        trace = _cpu(trace)
+        global_coords, global_tsdf = (t.cpu().clone() for t in model.global_tsdf)
+        hidden = [store.values.cpu().clone() for store in model.neucon_net.gru_fusion.hidden]
+        reference = dict(np.load(folder / f"frag{k}_outputs.npz"))
         out.append({"trace": trace, "result": result, "global_coords": global_coords, "global_tsdf": global_tsdf,
                     "hidden": hidden, "ref": reference, "origin": fragment["vol_origin_partial_voxels"]})
     return out
 
 
-@pytest.fixture(params=[0, 1], ids=["fragment0", "fragment1"])
-def run(request, runs):
-    return runs[request.param]
+def _cpu(value):
+    """``value`` (tensors in dicts, lists, tuples, dataclasses) with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu(item) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: _cpu(getattr(value, f.name))
+                                              for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+@pytest.fixture(scope="module", params=_cases())
+def run(request, expected_state_dict_tsv):
+    """Our results and upstream's reference for one fragment of one fixture."""
+    if request.param is None:
+        pytest.skip(f"no upstream parity fixture found (looked under {SHARED_DIR / 'fixtures'}); set "
+                    "NEURALRECON_PARITY_FIXTURES or NEURALRECON_EXTRA_PARITY_FIXTURES")
+    folder, k = request.param
+    if folder not in _latest:
+        _latest.clear()
+        _latest[folder] = _run_fixture(folder, expected_state_dict_tsv)
+    return _latest[folder][k]
 
 
 def _level(run: dict, level: int) -> dict:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -67,3 +69,38 @@ def test_the_documented_training_options_are_those_of_the_shipped_run():
     _, info = shipped()
     recorded = info["training"]["options"]
     assert {k: recorded[k] for k in options} == options
+
+
+def test_the_weights_record_sets_inference_options_where_the_user_left_the_default(tmp_path, monkeypatch):
+    """What the record's ``inference`` asks for reaches the reconstructor when the shipped weights are the
+    default (replay --mode neuralrecon, demo and the node all build their pipeline here); a parameter the
+    user set wins; an explicit checkpoint is not governed by the shipped record."""
+    from neuralrecon_ros.core.network.config import NeuralReconConfig
+    from neuralrecon_ros.core.network.world import network_from_global
+    from neuralrecon_ros.node.parameters import NodeParameters
+    from neuralrecon_ros.node.pipeline_factory import build_pipeline
+
+    config = NeuralReconConfig()
+    record = {"inference": {"gru_reset_gate_quirk": False, "floor_height_m": 0.5, "checkpoint": "x.pt"},
+              "network_input": {"size_wh": [640, 480]}}
+    applied = weights.apply_weights_options(config, record)
+    assert (applied.gru_reset_gate_quirk, applied.floor_height_m, applied.checkpoint) == (False, 0.5, "")
+    explicit = weights.apply_weights_options(NeuralReconConfig(floor_height_m=-1.0), record)
+    assert explicit.floor_height_m == -1.0 and explicit.gru_reset_gate_quirk is False
+    assert weights.apply_weights_options(config, None) == config
+
+    model = NeuralRecon(gru_reset_gate_quirk=False)
+    torch.save({"epoch": 0, "model": {"module." + k: v for k, v in model.state_dict().items()}},
+               tmp_path / "demo_weights.pt")
+    (tmp_path / "demo_weights.json").write_text(json.dumps(record))
+    monkeypatch.setattr(weights, "DEMO_WEIGHTS", tmp_path / "demo_weights.pt")
+    base = {"mode": "neuralrecon", "device": "cpu"}
+    pipeline = build_pipeline(NodeParameters(base))
+    assert pipeline.reconstructor.config.gru_reset_gate_quirk is False
+    assert pipeline.reconstructor.config.checkpoint == str(tmp_path / "demo_weights.pt")
+    np.testing.assert_allclose(pipeline.T_map_global, network_from_global("z", 0.5))
+    pipeline = build_pipeline(NodeParameters(base | {"floor_height_m": -1.0}))
+    np.testing.assert_allclose(pipeline.T_map_global, network_from_global("z", -1.0))
+    # a checkpoint given explicitly: the shipped record does not apply
+    pipeline = build_pipeline(NodeParameters(base | {"checkpoint": str(tmp_path / "demo_weights.pt")}))
+    assert pipeline.reconstructor.config.gru_reset_gate_quirk is True

@@ -89,10 +89,13 @@ def test_checkpoints_are_upstream_format_reload_bit_exact_and_resume(small_scene
     trainer.run(time_limit_s=1e-9)  # one step, then the time limit stops it with a checkpoint
     assert trainer.global_step == 1
     state = json.loads((tmp_path / LAST_STATE).read_text())
-    assert state == {"epoch": 0, "step_in_epoch": 1, "global_step": 1, "train_time_s": state["train_time_s"]}
+    assert state == {"epoch": 0, "step_in_epoch": 1, "global_step": 1, "train_time_s": state["train_time_s"],
+                     "previous_scene": 0, "pending_validation": False}
 
     content = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert set(content) == {"epoch", "model", "optimizer"}
+    # upstream's three entries, plus what an exact resume needs (upstream's loader ignores extra keys)
+    assert set(content) == {"epoch", "model", "optimizer", "resume", "recurrent_state", "scaler"}
+    assert content["resume"] == state
     assert len(content["model"]) == 718 and all(k.startswith(PREFIX) for k in content["model"])
     assert set(content["optimizer"]) == {"state", "param_groups"}
     fresh = NeuralRecon()

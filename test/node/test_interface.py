@@ -1,36 +1,55 @@
-"""The ROS-free parts of neuralrecon_node: entry point without ROS, descriptors, mailbox, message classes."""
+"""The node's interface tables shared by both transports, the callback mailbox, and parameter descriptors."""
 
 from __future__ import annotations
 
 import array
-import sys
 import threading
-import types
 
-import numpy as np
 import pytest
 
-from neuralrecon_ros.io.messages import MessageError
-from neuralrecon_ros.node.parameters import parameter_infos
-from neuralrecon_ros.ros.node import (
+from neuralrecon_ros.core.config import config_fields
+from neuralrecon_ros.core.keyframes import KeyframeConfig
+from neuralrecon_ros.node.interface import SERVICES, InputMailbox, image_topic_of, input_topics
+from neuralrecon_ros.node.logic import NodeLogic
+from neuralrecon_ros.node.parameters import (
     INT64_MAX,
-    MISSING_ROS_MESSAGE,
-    InputMailbox,
-    RclpyTypes,
+    RUNTIME_PARAMETERS,
+    NodeParameters,
     descriptor_fields,
-    main,
+    parameter_infos,
     plain_value,
-    run_service_call,
 )
 
 
-def test_main_without_rclpy_explains_and_exits_1(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "rclpy", None)  # what an unsourced shell looks like
-    assert main(["neuralrecon_node"]) == 1
-    err = capsys.readouterr().err
-    first_line = "neuralrecon_node needs ROS 2 (rclpy); offline use: neuralrecon-ros replay ..."
-    assert err.splitlines()[0] == first_line
-    assert MISSING_ROS_MESSAGE in err and "source your ROS 2 setup.bash" in err
+def test_input_topics_follow_the_parameters():
+    params = NodeParameters({"image_topic": "/cam/rgb/", "image_transport": "compressed",
+                             "pose_source": "odometry", "odometry_topic": "/vio/odom"})
+    by_kind = {t.kind: t for t in input_topics(params, needs_depth=False)}
+    assert list(by_kind) == ["image", "camera_info", "odometry", "tf", "tf_static"]
+    assert by_kind["image"].topic == image_topic_of(params) == "/cam/rgb/compressed"  # one trailing '/' rule
+    assert by_kind["image"].msgtype == "sensor_msgs/msg/CompressedImage"
+    assert by_kind["odometry"].topic == "/vio/odom" and not by_kind["tf_static"].sensor
+    depth = {t.kind: t for t in input_topics(NodeParameters({"mode": "depth"}), needs_depth=True)}
+    assert depth["depth"].topic == "/camera/aligned_depth_to_color/image_raw" and "odometry" not in depth
+    assert depth["image"].msgtype == "sensor_msgs/msg/Image"
+
+
+def test_every_service_is_a_logic_method():
+    for service in SERVICES:
+        assert callable(getattr(NodeLogic, service.name)), service.name
+    assert {s.name for s in SERVICES if s.takes_path} == {"save_ply", "save_map", "load_map"}
+
+
+def test_runtime_parameters_have_one_home():
+    infos = parameter_infos()
+    assert RUNTIME_PARAMETERS <= infos.keys()
+    assert {"keyframe_min_translation_m", "mesh_publish_rate_hz", "on_time_jump"} <= RUNTIME_PARAMETERS
+    for name in ("voxel_size", "mode", "image_topic", "input_qos", "fragment_size", "keyframe_max_count"):
+        if name in infos:
+            assert infos[name].read_only and descriptor_fields(infos[name]).read_only, name
+    # keyframe thresholds change live; the rest of KeyframeConfig is start-up only
+    keyframe = {f.name for f in config_fields(KeyframeConfig)}
+    assert keyframe & RUNTIME_PARAMETERS == {"keyframe_min_translation_m", "keyframe_min_rotation_deg"}
 
 
 def test_descriptors_carry_range_choices_unit_and_read_only():
@@ -38,16 +57,14 @@ def test_descriptors_carry_range_choices_unit_and_read_only():
     wait = descriptor_fields(infos["max_wait_for_pose_s"])
     assert wait.floating_point_range == (0.0, 60.0) and wait.integer_range is None
     assert wait.description.endswith("Unit: s.") and wait.additional_constraints == "in [0.0, 60.0]"
-    assert not wait.read_only
+    assert not wait.read_only and wait.dynamic_typing  # a double also takes an integer
     queue = descriptor_fields(infos["maximum_input_queue_length"])
-    assert queue.integer_range == (1, 10000) and queue.floating_point_range is None
+    assert queue.integer_range == (1, 10000) and queue.floating_point_range is None and not queue.dynamic_typing
     weight = descriptor_fields(infos["max_weight"])  # only a minimum: open above
     assert weight.floating_point_range == (1.0, float("inf")) and weight.additional_constraints == ">= 1.0"
     backend = descriptor_fields(infos["sparse_backend"])
-    assert backend.floating_point_range is None and backend.integer_range is None
     assert backend.additional_constraints == "one of 'auto', 'torch', 'torchsparse'" and backend.read_only
     assert descriptor_fields(infos["integrate_all_frames"]).integer_range is None  # bool is not an int here
-    assert descriptor_fields(infos["depth_topic"]).read_only  # read when subscribing only
     for info in infos.values():
         fields = descriptor_fields(info)
         for bounds in (fields.floating_point_range, fields.integer_range):
@@ -65,7 +82,7 @@ def test_mailbox_keeps_order_and_drops_the_oldest_frames_only():
     box = InputMailbox(frozenset({"image"}), max_per_kind=2)
     for item in [("tf", 0), ("image", 1), ("camera_info", 2), ("image", 3), ("tf", 4), ("image", 5)]:
         box.put(*item)
-    assert box.dropped == {"image": 1}
+    assert box.dropped == {"image": 1} and box.take_dropped() == {"image": 1} and box.take_dropped() == {}
     assert box.drain() == [("tf", 0), ("camera_info", 2), ("image", 3), ("tf", 4), ("image", 5)]
     assert len(box) == 0 and box.drain() == []
     box.put("image", 6)  # counts restart after a drain
@@ -85,6 +102,7 @@ def test_mailbox_total_cap_drops_the_oldest_of_any_kind():
 
 def test_mailbox_is_safe_across_threads():
     box = InputMailbox(frozenset(), max_per_kind=1)
+
     def produce(k: int) -> None:
         for i in range(2000):
             box.put(f"tf{k}", i)
@@ -101,46 +119,3 @@ def test_mailbox_is_safe_across_threads():
     assert len(drained) == 8000
     for k in range(4):  # each producer's messages stay in its order
         assert [i for kind, i in drained if kind == f"tf{k}"] == list(range(2000))
-
-
-def test_rclpy_types_import_message_classes_by_name(monkeypatch):
-    Image = type("Image", (), {})
-    monkeypatch.setitem(sys.modules, "sensor_msgs", types.ModuleType("sensor_msgs"))
-    monkeypatch.setitem(sys.modules, "sensor_msgs.msg", types.SimpleNamespace(Image=Image))
-    types_ = RclpyTypes()
-    assert types_("sensor_msgs/msg/Image") is Image
-    with pytest.raises(MessageError, match="'sensor_msgs/msg/Nope' is not available to rclpy"):
-        types_("sensor_msgs/msg/Nope")
-    with pytest.raises(MessageError, match="'not_a_pkg_xyz/msg/Thing' is not available"):
-        types_("not_a_pkg_xyz/msg/Thing")
-    with pytest.raises(MessageError, match="'sensor_msgs/Image' is not a full ROS 2 type name"):
-        types_("sensor_msgs/Image")
-
-
-@pytest.mark.parametrize(
-    "dtype, code",
-    [(np.uint8, "B"), (np.int8, "b"), (np.uint16, "H"), (np.int32, "i"), (np.float32, "f"),
-     (np.float64, "d")],
-)
-def test_rclpy_sequences_are_typed_arrays(dtype, code):
-    values = np.arange(5).astype(dtype)
-    sequence = RclpyTypes.sequence(values)
-    assert sequence.typecode == code and list(sequence) == values.tolist()
-
-
-def test_rclpy_sequences_convert_byte_order_and_refuse_objects():
-    big_endian = np.array([1.5, -2.0], dtype=">f8")
-    assert list(RclpyTypes.sequence(big_endian)) == [1.5, -2.0]
-    with pytest.raises(MessageError, match="no rclpy sequence type for numpy dtype complex128"):
-        RclpyTypes.sequence(np.zeros(2, np.complex128))
-
-
-def test_service_calls_report_failures_instead_of_raising():
-    assert run_service_call(lambda path: (True, f"wrote {path}"), "/a.ply") == (True, "wrote /a.ply")
-    assert run_service_call(lambda: (0, 5)) == (False, "5")
-
-    def broken():
-        raise PermissionError("read-only file system")
-
-    assert run_service_call(broken) == (False, "PermissionError: read-only file system")
-    assert run_service_call(lambda: None) == (False, "TypeError: cannot unpack non-iterable NoneType object")
