@@ -84,7 +84,9 @@ def mapping(args: argparse.Namespace) -> dict[str, Any]:
 
 def training(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
+    # seed 1001: the "robot" trajectory style
     params = {"synthetic_train_scenes": 1, "synthetic_val_scenes": 0, "synthetic_frames": args.frames,
+              "synthetic_seed": 1001,
               "phase1_epochs": 1, "phase2_epochs": 0, "device": args.device, "checkpoint_every_steps": 1000,
               "max_train_time_s": args.max_train_time_s}
     command = [sys.executable, "-m", "neuralrecon_ros.cli", "train", "--output", str(output), "--no-progress"]
@@ -173,7 +175,7 @@ def main() -> None:
     m.add_argument("--json", type=Path, required=True)
     t = sub.add_parser("training")
     t.add_argument("--device", default="cpu")
-    t.add_argument("--frames", type=int, default=40, help="frames of the synthetic training room")
+    t.add_argument("--frames", type=int, default=150, help="frames of the synthetic training room")
     t.add_argument("--max-train-time-s", type=float, default=120.0)
     t.add_argument("--output", type=Path, required=True)
     t.add_argument("--json", type=Path, required=True)
@@ -191,6 +193,8 @@ def main() -> None:
     result = mapping(args) if args.command == "mapping" else training(args)
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    if result.get("returncode", 0) != 0:
+        sys.exit(f"{args.command} failed (returncode {result['returncode']})")
 
 
 if __name__ == "__main__":

@@ -39,10 +39,10 @@ mkdir -p "$RESULTS/logs"
 RESULTS=$(cd "$RESULTS" && pwd)
 : > "$RESULTS/steps.tsv"
 if [ "$SHORT" = 1 ]; then
-  MAP_ARGS=(--frames 8 --width 320 --height 240); TRAIN_ARGS=(--frames 20 --max-train-time-s 60)
+  MAP_ARGS=(--frames 8 --width 320 --height 240); TRAIN_ARGS=(--frames 150 --max-train-time-s 60)
   NET_ARGS=(--repeats 1); PARITY_LIMIT=900; NET_LIMIT=600; TRAIN_LIMIT=600
 else
-  MAP_ARGS=(--frames 40 --width 640 --height 480); TRAIN_ARGS=(--frames 60 --max-train-time-s 90)
+  MAP_ARGS=(--frames 40 --width 640 --height 480); TRAIN_ARGS=(--frames 150 --max-train-time-s 90)
   NET_ARGS=(--repeats 3); PARITY_LIMIT=150; NET_LIMIT=120; TRAIN_LIMIT=150
 fi
 
@@ -92,7 +92,9 @@ if [ -n "$SHARED" ] && [ ! -e ../shared ]; then
   ln -s "$(cd "$SHARED" && pwd)" ../shared
 fi
 step environment 60 bash -c 'date -u; uname -a; nproc; free -g | head -2; nvidia-smi || echo "no nvidia-smi"; python3 --version'
-step setup 300 setup
+export DEVICE
+export -f usable setup
+step setup 300 bash -c setup
 PY=.venv/bin/python
 usable "$PY" || PY=.venv-cuda/bin/python
 "$PY" - "$DEVICE" > "$RESULTS/environment.json" 2>/dev/null <<'EOF'

@@ -46,8 +46,11 @@ def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
     largest = np.abs(q).max()
     if largest < 1e-9:
         raise PoseError(f"quaternion ({x}, {y}, {z}, {w}) has (nearly) zero length")
-    q = q / largest  # before the norm: squaring 1e200 would overflow
-    w, x, y, z = q / np.linalg.norm(q)
+    norm = np.linalg.norm(q)
+    if not np.isfinite(norm):  # squaring 1e200 overflows: scale first (only then, to keep the usual rounding)
+        q = q / largest
+        norm = np.linalg.norm(q)
+    w, x, y, z = q / norm
     return np.array(
         [
             [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],

@@ -92,6 +92,11 @@ log = logging.getLogger("neuralrecon_ros")
 
 #: the transport's clock going back by more than this is a time jump (smaller steps: clock jitter)
 CLOCK_JUMP_BACK_S = 1.0
+#: a header stamp further ahead of message time than this, beyond how far the clock moved since message time
+#: last advanced, is refused (``future_stamp``): one corrupt stamp must not stall the node. Stamps that stay
+#: that far ahead for FUTURE_STAMP_CONFIRM_S of clock are followed: the source's clock stepped forward.
+FUTURE_STAMP_S = 10.0
+FUTURE_STAMP_CONFIRM_S = 2.0
 #: at most this many stale messages wait to see whether the clock jumps back after them (see _refuse)
 HELD_STALE_LIMIT = 64
 
@@ -112,6 +117,7 @@ DROP_REASONS: dict[str, str] = {
                    "newer than the last processed frame or with a stamp already taken in (re-delivered), "
                    "TF/odometry older than the kept TF history",
     "clock_jump": "frame waiting (queued or for the worker) when the clock jumped back",
+    "future_stamp": "image, TF or odometry stamped far ahead of message time while the clock did not move that far",
     "backlog_full": "backlog_policy 'drop_oldest_keyframe': the oldest frame waiting for the worker",
     "backlog_skip": "backlog_policy 'skip_fragment': waiting frames, dropped with the fragment being built",
     "pipeline_error": "the reconstruction pipeline raised on the frame (logged)",
@@ -203,6 +209,8 @@ class NodeLogic:
         self._infos: dict[int, CameraIntrinsics] = {}
         self._depths: dict[int, Any] = {}
         self._clock: float | None = None  # message time: the newest header stamp taken in (s)
+        self._clock_advanced_at: float | None = None  # the transport's clock when message time last advanced
+        self._future_since: float | None = None  # the transport's clock at the first of a run of future stamps
         self._now: float | None = None  # the transport's clock, as last observed (s)
         self._next_index = 0
         self._last_processed_ns: int | None = None  # newest stamp handed to the worker
@@ -218,7 +226,8 @@ class NodeLogic:
         self._clock_at_input: float | None = None
         #: stamps taken in per kind and not yet behind the last processed frame (finds re-deliveries)
         self._taken: dict[str, set[int]] = {"image": set(), "camera_info": set(), "depth": set()}
-        #: (kind, message, clock at arrival, drop message) of stale messages that may open a new timeline
+        #: (kind, message, clock at arrival, drop message) of stale camera messages and TF samples (kind 'tf',
+        #: a TransformStamped) stamped over CLOCK_JUMP_BACK_S before the last processed frame: a new timeline?
         self._held: deque[tuple[str, Any, float, str]] = deque()
 
     def _tf_cache_time(self) -> float:
@@ -243,7 +252,29 @@ class NodeLogic:
 
     def _observe(self, stamp: float) -> None:
         """Advance message time (the newest stamp taken in); stamps never signal a time jump."""
-        self._clock = stamp if self._clock is None else max(self._clock, stamp)
+        if self._clock is None or stamp > self._clock:
+            self._clock, self._clock_advanced_at = stamp, self._now
+
+    def _future(self, what: str, stamp: float) -> str | None:
+        """Why ``stamp`` is refused as running ahead of message time faster than the clock moves (None: it
+        is not; a run of such stamps lasting FUTURE_STAMP_CONFIRM_S of clock is followed)."""
+        clock, now, since = self._clock, self._now, self._clock_advanced_at
+        if clock is None or now is None or since is None:
+            return None
+        moved = max(0.0, now - since)
+        if stamp - clock - moved <= FUTURE_STAMP_S:
+            self._future_since = None
+            return None
+        if self._future_since is None:
+            self._future_since = now
+        if now - self._future_since >= FUTURE_STAMP_CONFIRM_S:
+            log.warning("stamps have run %.3f s ahead of message time for %.1f s of clock: following them (the "
+                        "source's clock stepped forward)", stamp - clock, now - self._future_since)
+            self._future_since = None
+            return None
+        return (f"{what} at t={stamp:.6f} is {stamp - clock:.3f} s ahead of message time (t={clock:.6f}) while the "
+                f"clock moved {moved:.3f} s: a corrupt stamp (the map is unaffected; stamps that stay ahead for "
+                f"{FUTURE_STAMP_CONFIRM_S:g} s are followed)")
 
     def _stale(self, kind: str, what: str, stamp_ns: int, tolerance_ns: int = 0) -> str | None:
         """Why a message can never be used: stamped no newer than the last frame handed to the worker, or
@@ -289,11 +320,19 @@ class NodeLogic:
             return
         self._held.append((kind, msg, self._now, reason))
         while len(self._held) > HELD_STALE_LIMIT:
-            self._drop("stale_stamp", self._held.popleft()[3])
+            self._release(self._held.popleft())
 
     def _expire_held(self, final: bool) -> None:
         while self._held and (final or self._now is None or self._now - self._held[0][2] > CLOCK_JUMP_BACK_S):
-            self._drop("stale_stamp", self._held.popleft()[3])
+            self._release(self._held.popleft())
+
+    def _release(self, held: tuple[str, Any, float, str]) -> None:
+        """No clock jump came: a held camera message is stale after all, a held TF sample is taken in now."""
+        kind, msg, _, reason = held
+        if kind == "tf":
+            self._take_transform(msg)
+        else:
+            self._drop("stale_stamp", reason)
 
     def _time_jumped_back(self, previous: float, now: float) -> None:
         self.time_jumps += 1
@@ -317,11 +356,14 @@ class NodeLogic:
             self.worker.submit_job(lambda: self._reset_map(now), "clear the map after the time jump")
         else:
             self.worker.submit_job(self._abandon_fragment, "drop the fragment after the time jump")
-        self._clock = None
+        self._clock = self._clock_advanced_at = self._future_since = None
         self._last_processed_ns = None
         held, self._held = list(self._held), deque()
         handlers = {"image": self.on_image, "camera_info": self.on_camera_info, "depth": self.on_depth}
         for kind, msg, _, reason in held:  # the new timeline's first messages, if they came before the jump
+            if kind == "tf":
+                self._take_transform(msg)
+                continue
             if header_stamp_ns(msg) > sec_to_ns(now + CLOCK_JUMP_BACK_S):
                 self._drop("stale_stamp", reason)
                 continue
@@ -358,8 +400,11 @@ class NodeLogic:
         """A colour image (``sensor_msgs/Image`` or ``CompressedImage``)."""
         self.received["image"] += 1
         stamp_ns = header_stamp_ns(msg)
-        self._observe(stamp_ns * 1e-9)
         index, self._next_index = self._next_index, self._next_index + 1
+        if (future := self._future(f"image {index}", stamp_ns * 1e-9)) is not None:
+            self._drop("future_stamp", future)
+            return
+        self._observe(stamp_ns * 1e-9)
         if not _is_compressed(msg) and msg.encoding not in COLOR_ENCODINGS:
             self._drop(
                 "unsupported_encoding",
@@ -432,14 +477,32 @@ class NodeLogic:
     def on_tf(self, msg: Any, static: bool) -> None:
         """A ``tf2_msgs/TFMessage`` from /tf (``static=False``) or /tf_static."""
         self.received["tf_static" if static else "tf"] += 1
+        last = self._last_processed_ns
         for transform in msg.transforms:
-            stamp = stamp_to_ns(transform.header.stamp) * 1e-9
-            parent, child = str(transform.header.frame_id), str(transform.child_frame_id)
-            if not static and child.lstrip("/") == self._odometry_child:
-                continue  # pose_source 'odometry' owns this edge
-            # only an accepted transform advances message time: a rejected one must change nothing
-            if self._set_transform(parent, child, transform.transform, stamp, static) and not static:
-                self._observe(stamp)
+            if static:
+                self._take_transform(transform, static=True)
+            elif (last is not None and self._now is not None
+                  and last - stamp_to_ns(transform.header.stamp) > sec_to_ns(CLOCK_JUMP_BACK_S)):
+                # as for camera messages (_refuse): it may be the new timeline's first pose, its clock jump
+                # still to come (it would be lost with the TF history): held, then taken in either way
+                self._held.append(("tf", transform, self._now, ""))
+                while len(self._held) > HELD_STALE_LIMIT:
+                    self._release(self._held.popleft())
+            else:
+                self._take_transform(transform)
+
+    def _take_transform(self, transform: Any, static: bool = False) -> None:
+        """One geometry_msgs/TransformStamped of a TFMessage into the TF buffer."""
+        stamp = stamp_to_ns(transform.header.stamp) * 1e-9
+        parent, child = str(transform.header.frame_id), str(transform.child_frame_id)
+        if not static and child.lstrip("/") == self._odometry_child:
+            return  # pose_source 'odometry' owns this edge
+        if not static and (future := self._future(f"transform '{parent}' <- '{child}'", stamp)) is not None:
+            self._drop("future_stamp", future)
+            return
+        # only an accepted transform advances message time: a rejected one must change nothing
+        if self._set_transform(parent, child, transform.transform, stamp, static) and not static:
+            self._observe(stamp)
 
     def on_odometry(self, msg: Any) -> None:
         """A ``nav_msgs/Odometry``; used as the pose source when ``pose_source`` is 'odometry'."""
@@ -448,6 +511,9 @@ class NodeLogic:
             return
         stamp_ns = header_stamp_ns(msg)
         parent, child = str(msg.header.frame_id), str(msg.child_frame_id)
+        if (future := self._future(f"odometry '{parent}' <- '{child}'", stamp_ns * 1e-9)) is not None:
+            self._drop("future_stamp", future)
+            return
         if self._set_transform(parent, child, msg.pose.pose, stamp_ns * 1e-9, False):  # rejected: no effect
             self._observe(stamp_ns * 1e-9)
             self._odometry_child = child.lstrip("/")

@@ -125,7 +125,7 @@ def test_foreign_files_are_refused_with_a_named_error(kind, payload, text):
         assert "foreign" in str(error.value)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(index=st.integers(0, 10**6), cut=st.floats(0.0, 1.0), flips=st.lists(
     st.tuples(st.floats(0.0, 1.0, exclude_max=True), st.integers(1, 255)), max_size=4))
 def test_an_undecodable_message_stops_reading_with_its_topic_and_index(originals, index, cut, flips):

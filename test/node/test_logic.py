@@ -446,7 +446,7 @@ def test_clock_jump_back_drops_what_waits_and_keeps_or_clears_the_map(on_time_ju
 
 
 def test_stale_burst_while_the_clock_moves_on_is_dropped_and_changes_nothing(caplog):
-    logic, pipeline, publisher = make_logic(on_time_jump="clear_map")
+    logic, pipeline, _ = make_logic(on_time_jump="clear_map")
     feed(logic, camera_stream(stamps(6)))
     now = T0 + 0.6
     # the driver re-delivers frames 0..2 (image and camera_info, their TF too) and a 30 s old TF sample
@@ -482,6 +482,36 @@ def test_new_timeline_arriving_before_the_clock_jump_is_kept():
     assert logic.received["image"] == 10 and logic.received["camera_info"] == 10
 
 
+def test_new_timeline_pose_arriving_before_the_clock_jump_is_kept():
+    """The looping player's first TF samples can come before its /clock goes back too: held with the camera
+    messages, they go into the new TF history, so the first frame after the restart is posed (it was dropped
+    as tf_extrapolation: its pose had gone with the TF history cleared at the jump)."""
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(6)))
+    restart = stamps(3, T0 - 50.0)
+    new_pass = camera_stream(restart)[1:]  # TF at t0 and t0 + 0.05, image, camera_info; then the next frames
+    clock_before_jump = T0 + 0.56
+    feed(logic, [(kind, clock_before_jump, msg) for kind, _, msg in new_pass[:4]])
+    assert logic.dropped == {} and logic.time_jumps == 0 and len(pipeline.frames) == 6
+    feed(logic, new_pass[4:])  # the clock goes back with the rest of the new timeline
+    logic.finish()
+    assert logic.time_jumps == 1 and logic.dropped == {}
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(6) + restart)
+    for frame in pipeline.frames[6:]:
+        np.testing.assert_allclose(frame.T_world_camera, expected_pose(frame.stamp), atol=1e-9)
+
+
+def test_held_tf_is_taken_in_once_the_clock_moves_on():
+    """No jump comes: a held old TF sample goes into the TF history as it would have at once (here: older than
+    the kept history, so stale), and the camera stream is not disturbed."""
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(6)))
+    feed(logic, [("tf", T0 + 0.56, odom_tf(T0 - 30.0))])
+    assert logic.dropped == {}
+    feed(logic, [(kind, t + 0.02, msg) for kind, t, msg in camera_stream(stamps(15, T0 + 0.6))])
+    assert logic.dropped == {"stale_stamp": 1} and logic.time_jumps == 0 and len(pipeline.frames) == 21
+
+
 def test_held_stale_messages_are_dropped_once_the_clock_moves_on():
     logic, pipeline, _ = make_logic()
     feed(logic, camera_stream(stamps(6)))
@@ -491,6 +521,22 @@ def test_held_stale_messages_are_dropped_once_the_clock_moves_on():
     feed(logic, [(kind, t + 0.02, msg) for kind, t, msg in camera_stream(stamps(15, T0 + 0.6))])
     assert logic.dropped == {"stale_stamp": 2} and logic.time_jumps == 0  # 1.5 s of clock later
     assert len(pipeline.frames) == 21
+
+
+def test_one_far_future_stamp_is_refused_and_a_stepped_source_clock_is_followed(caplog):
+    logic, pipeline, _ = make_logic()
+    feed(logic, camera_stream(stamps(6)))
+    feed(logic, [("image", T0 + 0.55, image_msg(T0 + 1000.0)), ("tf", T0 + 0.56, odom_tf(T0 + 5000.0))])
+    assert logic.dropped == {"future_stamp": 2}  # one bad image and one bad TF sample: nothing else changes
+    # then every source's clock steps 100 s forward for good, while the node's clock goes on as before
+    later = [(kind, now - 100.0, msg) for kind, now, msg in camera_stream(stamps(30, T0 + 100.6))[1:]]
+    feed(logic, later)
+    logic.finish()
+    # followed once they have stayed ahead for 2 s of clock: the 19 frames before (image and both TF samples
+    # refused: 57) are lost, and the 20th, whose first TF sample was still refused (1), cannot be posed
+    assert logic.dropped == {"future_stamp": 2 + 57 + 1, "tf_extrapolation": 1} and logic.time_jumps == 0
+    assert [f.stamp for f in pipeline.frames] == pytest.approx(stamps(6) + stamps(10, T0 + 102.6))
+    assert "following them" in caplog.text
 
 
 def test_duplicate_image_waiting_in_the_queue_is_stale():

@@ -214,6 +214,37 @@ def rgbd_frame(t_ns: int, frame_id: str, width: int, height: int, depth_m: float
     return image, depth, info
 
 
+def clock(t_ns: int) -> Any:
+    """A rosgraph_msgs/Clock message (what a player publishes on /clock for ``use_sim_time`` nodes)."""
+    from rosgraph_msgs.msg import Clock
+
+    return Clock(clock=stamp(t_ns))
+
+
+def recorded_frames(bag: Path) -> tuple[dict[str, str], list[tuple[str, bytes]], dict[int, list[tuple[str, bytes]]]]:
+    """A recorded bag as ``ros2 bag play`` would send it: the message type of each topic, the /tf_static
+    messages, and the rest grouped by receive time in ns (one group per camera frame in a synthetic bag), in
+    order, each message as its serialized bytes (publishable as is)."""
+    from rosbags.rosbag2 import Reader
+
+    static: list[tuple[str, bytes]] = []
+    groups: dict[int, list[tuple[str, bytes]]] = {}
+    with Reader(bag) as reader:
+        msgtypes = {connection.topic: connection.msgtype for connection in reader.connections}
+        for connection, t_ns, rawdata in reader.messages():
+            message = (connection.topic, bytes(rawdata))
+            (static if connection.topic == "/tf_static" else groups.setdefault(t_ns, [])).append(message)
+    return msgtypes, static, dict(sorted(groups.items()))
+
+
+def saved_blocks(path: Path) -> set[tuple[int, int, int]]:
+    """The block coordinates of a map file written by ``~/save_map``."""
+    from neuralrecon_ros.io.map_file import load_map
+
+    coords = np.asarray(load_map(path).map_state["block_coords"]).reshape(-1, 3)
+    return {tuple(int(v) for v in row) for row in coords}
+
+
 def _header(stamp: Any, frame_id: str) -> Any:
     from std_msgs.msg import Header
 

@@ -232,6 +232,17 @@ def test_best_effort_camera_odometry_late_and_missing_tf_lost_images(tmp_path, d
         odometry = probe.publisher(Odometry, "/vio/odom", BEST_EFFORT)
         tf_static = probe.publisher(TFMessage, "/tf_static", TF_STATIC)
         t0 = 1_700_000_000_000_000_000
+        # best effort: until the node's side of the match is complete, samples are lost; a pose one second
+        # before the stream is sent until the node reports it, so the stream's own first pose is not lost
+        warm_up = Odometry(child_frame_id="base_link")
+        warm_up.header.stamp, warm_up.header.frame_id = transform(t0 - 1_000_000_000, "odom", "x").header.stamp, "odom"
+        warm_up.pose.pose.orientation.w = 1.0
+
+        def odometry_arrived() -> bool:
+            odometry.publish(warm_up)
+            return int(_last_diagnostics(diagnostics).get("odometry_received", "0")) >= 1
+
+        wait_until(odometry_arrived, 20, "the node receiving best-effort odometry")
 
         def send(i: int, frame_id: str = "camera_optical", pose: bool = True) -> int:
             t = t0 + i * 100_000_000

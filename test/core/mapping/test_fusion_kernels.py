@@ -55,7 +55,7 @@ def test_fused_update_equals_dense_reference(size):
     depth[rng.random((H, W)) < 0.05] = np.nan
     depth[:10, :10] = 0.0
     depth[-8:, :20] = 9.0
-    depth[20:30, 20:30] = 0.15  # near: its band reaches behind the camera
+    depth[20:40, 20:40] = 0.15  # near: its band reaches behind the camera
     depth[30:35, 20:30] = 0.05  # too near: invalid
     color = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     eye = np.array([0.37, -0.21, 0.55])
@@ -63,27 +63,29 @@ def test_fused_update_equals_dense_reference(size):
     tsdf_map = TSDFMap(MapConfig(voxel_size=VS, block_size=B))
     tsdf_map.integrate_depth(depth, K, T, color, max_depth_m=5.0, min_depth_m=0.1)
 
-    # every voxel within 4 m of the camera, including the half-space behind it
-    centre = np.round(eye / VS).astype(int)
-    axes = [np.arange(c - 100, c + 101, dtype=np.int64) for c in centre]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    # every voxel of the allocated blocks (some behind the camera, some projecting outside the image)
+    coords = tsdf_map.block_coords()
+    offsets = np.stack(np.meshgrid(*(np.arange(B),) * 3, indexing="ij"), -1).reshape(-1, 3)
+    grid = (coords[:, None, :] * B + offsets[None]).reshape(-1, 3)
     update, tsdf, seen = dense_reference(depth, K, T, grid, color, 0.1, 5.0)
     got_tsdf, got_weight = tsdf_map.get_voxels(grid)
-    allocated = (tsdf_map.lookup_blocks(np.floor_divide(grid, B)) >= 0).numpy()
     behind = (grid * VS - T[:3, 3]) @ T[:3, 2] <= 0
-    assert update.sum() > 20000 and (allocated & behind).sum() > 100
-    # allocated voxels got exactly the reference's update; nothing outside the map was updated
-    np.testing.assert_array_equal(got_weight[allocated], update[allocated].astype(np.float32))
-    np.testing.assert_allclose(got_tsdf[allocated & update], tsdf[allocated & update], rtol=0, atol=1e-6)
-    assert (got_tsdf[allocated & ~update] == 1.0).all()
-    # the band (|sdf| < truncation) is fully allocated
-    band = update & (np.abs(tsdf) < 0.999)
-    assert band.sum() > 5000 and allocated[band].all()
+    assert update.sum() > 20000 and behind.sum() > 50 and (~update).sum() > 20000
+    np.testing.assert_array_equal(got_weight, update.astype(np.float32))
+    np.testing.assert_array_equal(got_tsdf[update], tsdf[update])
+    assert (got_tsdf[~update] == 1.0).all()
+    # around the camera, every band voxel (|sdf| < truncation) of the dense evaluation is allocated
+    centre = np.round(eye / VS).astype(int)
+    axes = [np.arange(c - 40, c + 41, dtype=np.int64) for c in centre]
+    dense = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    dense_update, dense_tsdf, _ = dense_reference(depth, K, T, dense, color, 0.1, 5.0)
+    band = dense[dense_update & (np.abs(dense_tsdf) < 0.999)]
+    assert len(band) > 5000 and (tsdf_map.lookup_blocks(np.floor_divide(band, B)) >= 0).all()
     # colour of the updated voxels is the pixel's colour (first observation)
-    slots = tsdf_map.lookup_blocks(np.floor_divide(grid[allocated & update], B)).numpy()
-    local = grid[allocated & update] - np.floor_divide(grid[allocated & update], B) * B
+    slots = tsdf_map.lookup_blocks(np.floor_divide(grid[update], B)).numpy()
+    local = grid[update] % B
     colors = tsdf_map.blocks_color.numpy()[slots, local[:, 0], local[:, 1], local[:, 2]]
-    np.testing.assert_array_equal(colors, seen[allocated & update])
+    np.testing.assert_array_equal(colors, seen[update])
     # blocks that got no observation were freed again
     weight = tsdf_map.blocks_weight.reshape(tsdf_map.num_blocks, -1)
     assert bool((weight > 0).any(dim=1).all())
@@ -136,3 +138,16 @@ def test_removal_moves_at_most_as_many_blocks_as_it_frees():
     tsdf, _ = tsdf_map.get_voxels(blocks[kept] * 4)
     np.testing.assert_array_equal(tsdf, np.linspace(-1, 1, len(blocks)).astype(np.float32)[kept])
     assert torch.equal(tsdf_map.lookup_blocks(doomed), torch.full((4,), -1))
+
+
+@pytest.mark.parametrize("spread", [40, 10**6])  # dense bitmap, and the torch.unique path for far-apart boxes
+def test_unique_blocks_in_boxes_lists_each_point_once(spread):
+    from neuralrecon_ros.core.mapping.allocation import unique_blocks_in_boxes
+
+    rng = np.random.default_rng(spread)
+    lo = rng.integers(-spread, spread, size=(3, 300))
+    hi = lo + rng.integers(0, 4, size=(3, 300))
+    expected = {(x, y, z) for i in range(300) for x in range(lo[0, i], hi[0, i] + 1)
+                for y in range(lo[1, i], hi[1, i] + 1) for z in range(lo[2, i], hi[2, i] + 1)}
+    points = unique_blocks_in_boxes(torch.as_tensor(lo), torch.as_tensor(hi)).numpy()
+    assert len(points) == len(expected) and {tuple(p) for p in points.tolist()} == expected

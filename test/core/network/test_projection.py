@@ -20,9 +20,11 @@ from neuralrecon_ros.core.network.projection import (
 
 
 def _ulps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance in float32 units in the last place of the larger magnitude."""
+    """Distance in float32 units in the last place of the row's largest magnitude (a matrix row is one dot
+    product: an entry that cancels to ~0 carries the rounding of the row's large terms)."""
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    return np.abs(a.astype(np.float64) - b) / np.spacing(np.maximum(np.abs(a), np.abs(b)))
+    scale = np.maximum(np.abs(a), np.abs(b)).max(axis=-1, keepdims=True)
+    return np.abs(a.astype(np.float64) - b) / np.spacing(scale)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +38,10 @@ def test_derived_matrices_match_upstream_fixture(fragments):
         proj = np.array(fragment["proj_matrices"], np.float32)
         aligned = np.array(fragment["world_to_aligned_camera"], np.float32)
         assert geometry.proj_matrices.shape == (9, 3, 4, 4)
-        assert _ulps(geometry.proj_matrices.numpy(), proj).max() <= 2
-        assert _ulps(geometry.world_to_aligned_camera.numpy(), aligned).max() <= 2
+        # float32 inverses (LAPACK, torch) round in the last bits by the CPU's kernels: bit-identical on
+        # some machines, up to ~11 ulps on others (seen on the 2-core CI machines)
+        assert _ulps(geometry.proj_matrices.numpy(), proj).max() <= 16
+        assert _ulps(geometry.world_to_aligned_camera.numpy(), aligned).max() <= 16
         assert geometry.vol_origin_voxels.tolist() == fragment["vol_origin_partial_voxels"]
         # vol_origin_partial is fl(voxels * fl(0.04)): identical bits, not just close
         assert np.array_equal(geometry.vol_origin_partial.numpy(), np.array(fragment["vol_origin_partial"], np.float32))

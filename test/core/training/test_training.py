@@ -94,7 +94,7 @@ def test_checkpoints_are_upstream_format_reload_bit_exact_and_resume(small_scene
 
     content = torch.load(tmp_path / "last.ckpt", weights_only=True)
     # upstream's three entries, plus what an exact resume needs (upstream's loader ignores extra keys)
-    assert set(content) == {"epoch", "model", "optimizer", "resume", "recurrent_state", "scaler"}
+    assert set(content) == {"epoch", "model", "optimizer", "resume", "recurrent_state", "scaler", "ranks"}
     assert content["resume"] == state
     assert len(content["model"]) == 718 and all(k.startswith(PREFIX) for k in content["model"])
     assert set(content["optimizer"]) == {"state", "param_groups"}
