@@ -1,7 +1,4 @@
-"""``neuralrecon_node``: entry point of the ROS 2 node (``ros2 run neuralrecon_ros neuralrecon_node``).
-
-It starts the rclpy transport (:mod:`.transport`) or, where rclpy cannot be imported, says so and exits 1.
-"""
+"""``neuralrecon_node`` (``ros2 run neuralrecon_ros neuralrecon_node``): the rclpy transport; exit 1 without rclpy."""
 
 from __future__ import annotations
 

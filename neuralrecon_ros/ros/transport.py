@@ -48,7 +48,8 @@ TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 VOLATILE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-INPUT_QOS = {"RELIABLE": QoSPresetProfiles.DEFAULT.value, "SENSOR_DATA": QoSPresetProfiles.SENSOR_DATA.value,
+#: RELIABLE: rmw's default profile (keep last 10, reliable, volatile), spelled out as Humble has no DEFAULT preset
+INPUT_QOS = {"RELIABLE": VOLATILE_QOS, "SENSOR_DATA": QoSPresetProfiles.SENSOR_DATA.value,
              "SYSTEM_DEFAULT": QoSPresetProfiles.SYSTEM_DEFAULT.value}
 
 log = logging.getLogger("neuralrecon_ros")

@@ -88,8 +88,8 @@ def test_cli_live_view_stops_with_the_replay(tmp_path, monkeypatch, interrupted)
             "--foxglove-port", str(port), "-p", "mode:=depth"]
     if interrupted:
         def interrupt(*args, **kwargs):
-            with FoxgloveClient(f"ws://127.0.0.1:{port}"):  # the server is up during the replay
-                raise KeyboardInterrupt
+            FoxgloveClient(f"ws://127.0.0.1:{port}").close()  # the server is up during the replay
+            raise KeyboardInterrupt
 
         monkeypatch.setattr(bag_transport, "replay_bag", interrupt)
         assert main(args) == 130  # Ctrl-C: "interrupted", exit status 130
