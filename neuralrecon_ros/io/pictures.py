@@ -179,6 +179,6 @@ def _draw(ax, triangles: np.ndarray, colours: np.ndarray, low: np.ndarray, high:
     ax.set_xlim(low[0], high[0])
     ax.set_ylim(low[1], high[1])
     ax.set_zlim(low[2], high[2])
-    ax.set_box_aspect(np.maximum(high - low, 1e-3), zoom=1.1)
+    ax.set_box_aspect(np.maximum(high - low, 1e-3))
     ax.view_init(elev=elevation, azim=azimuth)
     ax.set_axis_off()
