@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,6 +133,12 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, epoch: int = 0,
         "model": {PREFIX + k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": dict(optimizer_state or {}),
     }
+    atomic_torch_save(content, path)
+
+
+def atomic_torch_save(content: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename (never a half-written checkpoint)."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

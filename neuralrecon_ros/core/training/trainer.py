@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from ..mapping.config import MeshingConfig
 from ..mapping.meshing import extract_mesh
 from ..mapping.tsdf_map import TSDFMap
 from ..metrics import evaluate_meshes
-from ..network.checkpoint import PREFIX, CheckpointError, load_checkpoint, save_checkpoint
+from ..network.checkpoint import PREFIX, CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from ..network.model import NeuralRecon
 from ..network.reconstructor import NeuralReconReconstructor
 from ..reconstructor import resolve_device
@@ -384,7 +383,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.amp else {},
             "ranks": ranks if self.dist.enabled else [],
         }
-        _atomic_torch_save(content, self.output_dir / LAST_CHECKPOINT)
+        atomic_torch_save(content, self.output_dir / LAST_CHECKPOINT)
         self._write_text(self.output_dir / LAST_STATE, json.dumps(state) + "\n")
 
     # ------------------------------------------------------------------ loop
@@ -560,18 +559,6 @@ class Trainer:
             **{k: metrics[k] for k in ("fscore", "prec", "recall", "acc", "comp")},
             "depth_fscore": self._depth_scores[scene.name]["fscore"],
         }
-
-
-def _atomic_torch_save(content: dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename (never a half-written checkpoint)."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(content, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @torch.no_grad()
