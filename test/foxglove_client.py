@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 SUBPROTOCOLS = ["foxglove.sdk.v1", "foxglove.websocket.v1"]
@@ -72,3 +74,15 @@ class FoxgloveClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def assert_stopped(url: str, timeout: float = 5.0) -> None:
+    """Within ``timeout``, ``url`` stops answering: the connection is refused or closed unanswered."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            FoxgloveClient(url).close()
+        except (OSError, WebSocketException):
+            return
+        assert time.monotonic() < deadline, f"{url} still serves"
+        time.sleep(0.1)
