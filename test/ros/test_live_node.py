@@ -238,11 +238,17 @@ def test_best_effort_camera_odometry_late_and_missing_tf_lost_images(tmp_path, d
         warm_up.header.stamp, warm_up.header.frame_id = transform(t0 - 1_000_000_000, "odom", "x").header.stamp, "odom"
         warm_up.pose.pose.orientation.w = 1.0
 
-        def odometry_arrived() -> bool:
-            odometry.publish(warm_up)
-            return int(_last_diagnostics(diagnostics).get("odometry_received", "0")) >= 1
+        _, warm_depth, warm_info = rgbd_frame(t0 - 1_000_000_000, "camera_optical", 64, 48)
 
-        wait_until(odometry_arrived, 20, "the node receiving best-effort odometry")
+        def best_effort_arrived() -> bool:  # a lone camera_info or depth image makes no frame and no drop
+            odometry.publish(warm_up)
+            camera["info"].publish(warm_info)
+            camera["depth"].publish(warm_depth)
+            values = _last_diagnostics(diagnostics)
+            return all(int(values.get(f"{kind}_received", "0")) >= 1 for kind in ("odometry", "camera_info", "depth"))
+
+        wait_until(best_effort_arrived, 20, "the node receiving best-effort odometry and camera messages")
+        time.sleep(0.5)  # the image topic was matched alongside; let its discovery settle too
 
         def send(i: int, frame_id: str = "camera_optical", pose: bool = True) -> int:
             t = t0 + i * 100_000_000
@@ -260,7 +266,7 @@ def test_best_effort_camera_odometry_late_and_missing_tf_lost_images(tmp_path, d
 
         for i in range(6):  # a best-effort camera with odometry poses is received
             send(i)
-            time.sleep(0.05)
+            time.sleep(0.1)  # best effort, depth 5: a loaded node must keep up
             if i == 1:  # late TF: the camera extrinsic comes after the first two frames, which wait for it
                 tf_static.publish(TFMessage(transforms=[transform(t0, "base_link", "camera_optical")]))
         # frame 6: its pose comes 0.3 s (message time) after the image: it waits for it
@@ -274,7 +280,7 @@ def test_best_effort_camera_odometry_late_and_missing_tf_lost_images(tmp_path, d
         send(8, frame_id="unknown_optical")  # TF never connects it: dropped after max_wait_for_pose_s
         for i in range(9, 22):
             send(i)
-            time.sleep(0.05)
+            time.sleep(0.1)  # best effort, depth 5: a loaded node must keep up
         details = lambda: f"{_last_diagnostics(diagnostics)}\n{node.log[-3000:]}"  # noqa: E731
         wait_until(lambda: _last_diagnostics(diagnostics).get("frames") == "21", 60, "21 frames processed", details)
         wait_until(lambda: _last_diagnostics(diagnostics).get("dropped_tf_missing") == "1", 10, "the tf drop",
